@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/keylime-go/keylime/agent"
+	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/internal/config"
+	"github.com/keylime-go/keylime/internal/transport"
+	"github.com/keylime-go/keylime/tpm/device"
+)
+
+func agentCommand() *ucli.Command {
+	return &ucli.Command{
+		Name:  "agent",
+		Usage: "run the agent on the machine to attest: register its TPM with the registrar and answer the verifier",
+		Flags: []ucli.Flag{
+			&ucli.StringFlag{Name: "tpm", Usage: "TPM to use: /dev/tpmrm0 or swtpm:<unix socket> (agent.tpm)"},
+			&ucli.StringFlag{Name: "uuid", Usage: "agent id, \"generate\" or \"hash_ek\" (agent.uuid)"},
+			&ucli.StringFlag{Name: "registrar", Usage: "registrar address host:port (agent.registrar_ip, agent.registrar_port)"},
+			&ucli.StringFlag{Name: "keylime-dir", Usage: "work directory (agent.keylime_dir)"},
+		},
+		Action: func(c *ucli.Context) error {
+			var extra []string
+			for flag, key := range map[string]string{"tpm": "agent.tpm", "uuid": "agent.uuid", "keylime-dir": "agent.keylime_dir"} {
+				if c.IsSet(flag) {
+					extra = append(extra, key+"="+c.String(flag))
+				}
+			}
+			if c.IsSet("registrar") {
+				host, port, err := net.SplitHostPort(c.String("registrar"))
+				if err != nil {
+					return usagef("--registrar: %v", err)
+				}
+				extra = append(extra, "agent.registrar_ip="+host, "agent.registrar_port="+port)
+			}
+			e, err := setup(c, extra...)
+			if err != nil {
+				return err
+			}
+			return runAgent(c, e)
+		},
+	}
+}
+
+func keyAlg(setting, what string) (device.KeyAlg, error) {
+	switch setting {
+	case "rsa", "rsassa":
+		return device.RSA, nil
+	case "ecc", "ecdsa":
+		return device.ECC, nil
+	}
+	return 0, usagef("agent.%s: unsupported algorithm %q (rsa or ecc)", what, setting)
+}
+
+func runAgent(c *ucli.Context, e *env) error {
+	ac := e.cfg.Agent
+	log := e.log.With().Str("role", "agent").Logger()
+	ekAlg, err := keyAlg(ac.TPMEncryptionAlg, "tpm_encryption_alg")
+	if err != nil {
+		return err
+	}
+	akAlg, err := keyAlg(ac.TPMSigningAlg, "tpm_signing_alg")
+	if err != nil {
+		return err
+	}
+	if ac.ContactPort < 1 || ac.ContactPort > 65535 || ac.RegistrarPort < 1 || ac.RegistrarPort > 65535 {
+		return usagef("agent: contact_port and registrar_port must be 1-65535")
+	}
+	log.Info().Str("tpm", ac.TPM).Str("uuid", ac.UUID).Str("keylime_dir", ac.KeylimeDir).
+		Str("registrar", net.JoinHostPort(ac.RegistrarIP, strconv.Itoa(ac.RegistrarPort))).
+		Str("contact", net.JoinHostPort(ac.ContactIP, strconv.Itoa(ac.ContactPort))).
+		Str("ek_alg", ac.TPMEncryptionAlg).Str("ak_alg", ac.TPMSigningAlg).Msg("agent starting")
+	t, err := device.Open(ac.TPM)
+	if err != nil {
+		return fmt.Errorf("open TPM: %w", err)
+	}
+	defer t.Close()
+	reg := client.NewRegistrar(transport.NewHTTPClient(nil, 30*time.Second),
+		"http://"+net.JoinHostPort(ac.RegistrarIP, strconv.Itoa(ac.RegistrarPort)), api.CurrentVersion)
+	a, err := agent.New(agent.Config{
+		TPM:            t,
+		UUID:           ac.UUID,
+		DataDir:        config.Path(ac.KeylimeDir, ac.AgentDataPath),
+		PayloadKeyPath: config.Path(ac.KeylimeDir, ac.PayloadKey),
+		ServerKeyPath:  config.Path(ac.KeylimeDir, ac.ServerKey),
+		ServerCertPath: config.Path(ac.KeylimeDir, ac.ServerCert),
+		EnableMTLS:     ac.EnableAgentMTLS,
+		EKAlg:          ekAlg,
+		AKAlg:          akAlg,
+		ContactIP:      ac.ContactIP,
+		ContactPort:    ac.ContactPort,
+		Registrar:      reg,
+		RetryInterval:  ac.RegistrationRetryInterval.D(),
+		RetryMax:       ac.RegistrationRetryMax.D(),
+		Log:            log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := a.Run(c.Context); err != nil && c.Context.Err() == nil {
+		return err
+	}
+	log.Info().Msg("agent stopped")
+	return nil
+}

@@ -1,0 +1,93 @@
+// Package client holds typed HTTP clients for Keylime's agent, registrar and verifier APIs, used by the
+// tenant, the verifier and the agent. Every call takes a context, speaks one negotiated API version and
+// returns *api.Error for a non-2xx answer.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/keylime-go/keylime/internal/api"
+)
+
+// maxResponse bounds response bodies (IMA logs in quotes can be large).
+const maxResponse = 256 << 20
+
+// base is the shared part of every client: an HTTP client, a base URL and an API version.
+type base struct {
+	http    *http.Client
+	url     string // scheme://host:port, no trailing slash
+	version string // "2.6"
+}
+
+func (b *base) path(p string) string { return b.url + "/v" + b.version + p }
+
+// do sends a JSON request (body may be nil) and decodes the envelope's results into out (may be nil).
+func (b *base) do(ctx context.Context, method, url string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := b.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, url, err)
+	}
+	var env api.Response
+	jsonErr := json.Unmarshal(raw, &env)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		e := &api.Error{Code: resp.StatusCode, Status: env.Status}
+		if jsonErr != nil || env.Status == "" {
+			e.Status = strings.TrimSpace(truncate(string(raw), 200))
+		}
+		return fmt.Errorf("%s %s: %w", method, url, e)
+	}
+	if resp.StatusCode == http.StatusNoContent || out == nil {
+		return nil
+	}
+	if jsonErr != nil {
+		return fmt.Errorf("%s %s: invalid JSON response: %w", method, url, jsonErr)
+	}
+	if err := env.Decode(out); err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// StatusCode returns the HTTP code of an *api.Error inside err, or 0.
+func StatusCode(err error) int {
+	var e *api.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}

@@ -1,0 +1,356 @@
+// Package config loads keylime.toml: one file with a section per role ([agent], [registrar], [ca], …) using
+// Keylime's key names and defaults. Values come, in increasing precedence, from the defaults, the file,
+// KEYLIME_<SECTION>_<KEY> environment variables and command-line overrides. Unknown keys are errors that
+// name the key, so a typo never silently falls back to a default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where the configuration is read from when neither --config nor KEYLIME_CONFIG names a file.
+const DefaultPath = "/etc/keylime/keylime.toml"
+
+// DefaultDir is Keylime's default work directory.
+const DefaultDir = "/var/lib/keylime"
+
+// Config is the whole keylime.toml.
+type Config struct {
+	Agent     Agent     `toml:"agent"`
+	Registrar Registrar `toml:"registrar"`
+	CA        CA        `toml:"ca"`
+}
+
+// Agent is the [agent] section: the attested machine.
+type Agent struct {
+	// UUID is an explicit agent UUID, "generate" (random, remembered in the data directory) or "hash_ek"
+	// (lowercase hex SHA-256 of the EK public key PEM, like Keylime's agent).
+	UUID        string `toml:"uuid"`
+	IP          string `toml:"ip"`
+	Port        int    `toml:"port"`
+	ContactIP   string `toml:"contact_ip"`
+	ContactPort int    `toml:"contact_port"`
+
+	RegistrarIP   string `toml:"registrar_ip"`
+	RegistrarPort int    `toml:"registrar_port"`
+
+	KeylimeDir    string `toml:"keylime_dir"`
+	AgentDataPath string `toml:"agent_data_path"`
+
+	// TPM is "/dev/tpmrm0" (or another device path) or "swtpm:<unix socket path>".
+	TPM              string `toml:"tpm"`
+	TPMHashAlg       string `toml:"tpm_hash_alg"`
+	TPMEncryptionAlg string `toml:"tpm_encryption_alg"`
+	TPMSigningAlg    string `toml:"tpm_signing_alg"`
+
+	EnableAgentMTLS bool   `toml:"enable_agent_mtls"`
+	ServerKey       string `toml:"server_key"`
+	ServerCert      string `toml:"server_cert"`
+	TrustedClientCA string `toml:"trusted_client_ca"`
+	PayloadKey      string `toml:"payload_key"`
+
+	IMAMLPath          string `toml:"ima_ml_path"`
+	MeasuredBootMLPath string `toml:"measuredboot_ml_path"`
+
+	// RegistrationRetryInterval is the first delay after a failed registration; it doubles up to
+	// RegistrationRetryMax and the agent retries for ever.
+	RegistrationRetryInterval Duration `toml:"registration_retry_interval"`
+	RegistrationRetryMax      Duration `toml:"registration_retry_max"`
+}
+
+// Registrar is the [registrar] section.
+type Registrar struct {
+	IP      string `toml:"ip"`
+	Port    int    `toml:"port"`
+	TLSPort int    `toml:"tls_port"`
+
+	KeylimeDir string `toml:"keylime_dir"`
+	Database   string `toml:"database"`
+
+	// TLSDir holds the CA layout (cacert.crt, server-cert.crt, …); "generate" creates <keylime_dir>/cv_ca on
+	// first start, "default" uses it as it is.
+	TLSDir          string `toml:"tls_dir"`
+	ServerKey       string `toml:"server_key"`
+	ServerCert      string `toml:"server_cert"`
+	TrustedClientCA string `toml:"trusted_client_ca"`
+
+	// CertSubjectAlternativeNames are extra names and addresses put in a generated server certificate.
+	CertSubjectAlternativeNames []string `toml:"cert_subject_alternative_names"`
+	MaxUploadSize               int64    `toml:"max_upload_size"`
+}
+
+// CA is the [ca] section: the Keylime CA that `tls_dir = "generate"` and `keylime ca` create.
+type CA struct {
+	CertCountry      string `toml:"cert_country"`
+	CertState        string `toml:"cert_state"`
+	CertLocality     string `toml:"cert_locality"`
+	CertOrganization string `toml:"cert_organization"`
+	CertOrgUnit      string `toml:"cert_org_unit"`
+	CertCAName       string `toml:"cert_ca_name"`
+	CertCALifetime   int    `toml:"cert_ca_lifetime"`
+	CertLifetime     int    `toml:"cert_lifetime"`
+}
+
+// Default returns the configuration used when the file sets nothing.
+func Default() Config {
+	return Config{
+		Agent: Agent{
+			UUID:                      "hash_ek",
+			IP:                        "127.0.0.1",
+			Port:                      9002,
+			ContactIP:                 "127.0.0.1",
+			ContactPort:               9002,
+			RegistrarIP:               "127.0.0.1",
+			RegistrarPort:             8890,
+			KeylimeDir:                DefaultDir,
+			AgentDataPath:             "agent_data",
+			TPM:                       "/dev/tpmrm0",
+			TPMHashAlg:                "sha256",
+			TPMEncryptionAlg:          "rsa",
+			TPMSigningAlg:             "rsassa",
+			EnableAgentMTLS:           true,
+			ServerKey:                 "server-private.pem",
+			ServerCert:                "server-cert.crt",
+			TrustedClientCA:           "cv_ca/cacert.crt",
+			PayloadKey:                "payload-private.pem",
+			IMAMLPath:                 "/sys/kernel/security/ima/ascii_runtime_measurements",
+			MeasuredBootMLPath:        "/sys/kernel/security/tpm0/binary_bios_measurements",
+			RegistrationRetryInterval: Duration(time.Second),
+			RegistrationRetryMax:      Duration(time.Minute),
+		},
+		Registrar: Registrar{
+			IP:              "127.0.0.1",
+			Port:            8890,
+			TLSPort:         8891,
+			KeylimeDir:      DefaultDir,
+			Database:        "registrar.db",
+			TLSDir:          "generate",
+			ServerKey:       "default",
+			ServerCert:      "default",
+			TrustedClientCA: "default",
+			MaxUploadSize:   1 << 20,
+		},
+		CA: CA{
+			CertCountry:      "US",
+			CertState:        "MA",
+			CertLocality:     "Lexington",
+			CertOrganization: "Keylime",
+			CertOrgUnit:      "53",
+			CertCAName:       "Keylime Certificate Authority",
+			CertCALifetime:   3650,
+			CertLifetime:     365,
+		},
+	}
+}
+
+// Load reads the file at path over the defaults (path "" means defaults only), then applies environment
+// overrides from env (os.Environ() form) and then the key=value overrides ("section.key=value").
+func Load(path string, env []string, overrides []string) (Config, error) {
+	cfg := Default()
+	if path != "" {
+		md, err := toml.DecodeFile(path, &cfg)
+		if err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			keys := make([]string, len(und))
+			for i, k := range und {
+				keys[i] = k.String()
+			}
+			sort.Strings(keys)
+			return cfg, fmt.Errorf("config %s: unknown key %s", path, strings.Join(keys, ", "))
+		}
+	}
+	for _, kv := range env {
+		name, value, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "KEYLIME_") || name == "KEYLIME_CONFIG" {
+			continue
+		}
+		if err := cfg.setEnv(strings.TrimPrefix(name, "KEYLIME_"), value); err != nil {
+			return cfg, fmt.Errorf("environment %s: %w", name, err)
+		}
+	}
+	for _, o := range overrides {
+		key, value, ok := strings.Cut(o, "=")
+		if !ok {
+			return cfg, fmt.Errorf("override %q: want section.key=value", o)
+		}
+		if err := cfg.Set(key, value); err != nil {
+			return cfg, fmt.Errorf("override %s: %w", key, err)
+		}
+	}
+	return cfg, nil
+}
+
+// ErrUnknownKey is returned for a section or key that the configuration does not have.
+var ErrUnknownKey = errors.New("unknown key")
+
+// Set assigns value, parsed for the key's type, to "section.key".
+func (c *Config) Set(key, value string) error {
+	section, name, ok := strings.Cut(key, ".")
+	if !ok {
+		return fmt.Errorf("%w %q: want section.key", ErrUnknownKey, key)
+	}
+	f, err := c.field(section, func(tag string) bool { return tag == name })
+	if err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	return setValue(f, value)
+}
+
+// setEnv handles SECTION_KEY (upper case, key words joined by underscores, as the TOML key).
+func (c *Config) setEnv(name, value string) error {
+	section, rest, ok := strings.Cut(name, "_")
+	if !ok {
+		return fmt.Errorf("%w: want KEYLIME_<SECTION>_<KEY>", ErrUnknownKey)
+	}
+	f, err := c.field(strings.ToLower(section), func(tag string) bool { return strings.EqualFold(tag, rest) })
+	if err != nil {
+		return err
+	}
+	return setValue(f, value)
+}
+
+func (c *Config) field(section string, match func(tag string) bool) (reflect.Value, error) {
+	root := reflect.ValueOf(c).Elem()
+	for i := 0; i < root.NumField(); i++ {
+		if tagName(root.Type().Field(i)) != section {
+			continue
+		}
+		sec := root.Field(i)
+		for j := 0; j < sec.NumField(); j++ {
+			if match(tagName(sec.Type().Field(j))) {
+				return sec.Field(j), nil
+			}
+		}
+		return reflect.Value{}, fmt.Errorf("%w in section [%s]", ErrUnknownKey, section)
+	}
+	return reflect.Value{}, fmt.Errorf("%w: no section [%s]", ErrUnknownKey, section)
+}
+
+func tagName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+	return name
+}
+
+var durationType = reflect.TypeOf(Duration(0))
+
+func setValue(f reflect.Value, s string) error {
+	if f.Type() == durationType {
+		var d Duration
+		if err := d.UnmarshalText([]byte(s)); err != nil {
+			return err
+		}
+		f.Set(reflect.ValueOf(d))
+		return nil
+	}
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a boolean", s)
+		}
+		f.SetBool(b)
+	case reflect.Int, reflect.Int64:
+		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not an integer", s)
+		}
+		f.SetInt(n)
+	case reflect.Float64:
+		x, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", s)
+		}
+		f.SetFloat(x)
+	case reflect.Slice:
+		var items []string
+		for _, it := range strings.Split(s, ",") {
+			if it = strings.TrimSpace(it); it != "" {
+				items = append(items, it)
+			}
+		}
+		f.Set(reflect.ValueOf(items))
+	default:
+		return fmt.Errorf("unsupported type %s", f.Type())
+	}
+	return nil
+}
+
+// Path resolves p against dir: absolute paths stay as they are.
+func Path(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}
+
+// Find returns the configuration file to read: the explicit path, else $KEYLIME_CONFIG, else DefaultPath
+// when it exists, else "" (defaults only).
+func Find(explicit string) string {
+	if explicit != "" {
+		return explicit
+	}
+	if p := os.Getenv("KEYLIME_CONFIG"); p != "" {
+		return p
+	}
+	if _, err := os.Stat(DefaultPath); err == nil {
+		return DefaultPath
+	}
+	return ""
+}
+
+// Duration is a time span written in TOML as a number of seconds (2, 0.5) or a Go duration string ("2s").
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalText parses "2s", "500ms" or a plain number of seconds.
+func (d *Duration) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if x, err := strconv.ParseFloat(s, 64); err == nil {
+		if x < 0 {
+			return fmt.Errorf("duration %q is negative", s)
+		}
+		*d = Duration(x * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (use seconds, or a value like 2s or 500ms)", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q is negative", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UnmarshalTOML accepts TOML integers and floats (seconds) and strings.
+func (d *Duration) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		return d.UnmarshalText([]byte(strconv.FormatInt(x, 10)))
+	case float64:
+		return d.UnmarshalText([]byte(strconv.FormatFloat(x, 'f', -1, 64)))
+	case string:
+		return d.UnmarshalText([]byte(x))
+	}
+	return fmt.Errorf("duration must be a number of seconds or a string, not %T", v)
+}
+
+// MarshalText writes the duration in Go's notation.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
