@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -16,9 +14,8 @@ import (
 
 // tlsMaterial is a role's certificate, key and trusted CA pool, loaded from its tls_dir.
 type tlsMaterial struct {
-	Dir  string
-	Cert tls.Certificate
-	Pool *x509.CertPool
+	Dir string
+	*transport.Material
 }
 
 // loadTLSDir resolves a role's tls_dir ("generate": create <keylime_dir>/cv_ca when missing; "default":
@@ -46,15 +43,11 @@ func loadTLSDir(log zerolog.Logger, cfg config.CA, keylimeDir, tlsDir, pair, cer
 		}
 		return config.Path(dir, v)
 	}
-	cert, err := transport.LoadKeyPair(pick(certFile, pair+"-cert.crt"), pick(keyFile, pair+"-private.pem"))
+	m, err := transport.LoadMaterialFiles(pick(certFile, pair+"-cert.crt"), pick(keyFile, pair+"-private.pem"), pick(caFile, ca.CACertFile))
 	if err != nil {
 		return nil, err
 	}
-	pool, err := transport.LoadPool(pick(caFile, ca.CACertFile))
-	if err != nil {
-		return nil, err
-	}
-	return &tlsMaterial{Dir: dir, Cert: cert, Pool: pool}, nil
+	return &tlsMaterial{Dir: dir, Material: m}, nil
 }
 
 func caSubject(c config.CA) ca.Subject {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -183,4 +184,28 @@ func NewHTTPClient(tlsConf *tls.Config, timeout time.Duration) *http.Client {
 		ForceAttemptHTTP2:     false,
 	}
 	return &http.Client{Transport: tr, Timeout: timeout}
+}
+
+// Material is a certificate with its key and the CA pool to trust, loaded from a Keylime CA directory.
+type Material struct {
+	Cert tls.Certificate
+	Pool *x509.CertPool
+}
+
+// LoadMaterial loads <dir>/<pair>-cert.crt, <dir>/<pair>-private.pem and <dir>/cacert.crt.
+func LoadMaterial(dir, pair string) (*Material, error) {
+	return LoadMaterialFiles(filepath.Join(dir, pair+"-cert.crt"), filepath.Join(dir, pair+"-private.pem"), filepath.Join(dir, "cacert.crt"))
+}
+
+// LoadMaterialFiles loads a certificate, its key and a CA file.
+func LoadMaterialFiles(certFile, keyFile, caFile string) (*Material, error) {
+	cert, err := LoadKeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := LoadPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	return &Material{Cert: cert, Pool: pool}, nil
 }
