@@ -1,0 +1,265 @@
+package verifier
+
+import (
+	"context"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/policy"
+	"github.com/keylime-go/keylime/store"
+)
+
+// maxFailures is how many failures a record keeps (newest last).
+const maxFailures = 10
+
+// startPolling starts st's poller; v.mu must be held.
+func (v *Verifier) startPolling(st *agentState) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if v.ctx == nil || st.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(v.ctx)
+	st.cancel, st.done = cancel, make(chan struct{})
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		defer close(st.done)
+		v.poll(ctx, st)
+	}()
+}
+
+// stopPolling stops st's poller and waits for it; v.mu must not be held by the poller's path.
+func stopPolling(st *agentState) {
+	st.mu.Lock()
+	cancel, done := st.cancel, st.done
+	st.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+	st.mu.Lock()
+	st.cancel, st.done = nil, nil
+	st.mu.Unlock()
+}
+
+// outcome of one attestation round.
+type outcome int
+
+const (
+	attested    outcome = iota // quote verified, policies passed
+	unreachable                // network error, timeout or 5xx: retry
+	refused                    // the agent answered with another error: FAILED
+	invalid                    // the quote failed verification or policy: INVALID_QUOTE
+)
+
+// poll is one agent's attestation loop; it returns when ctx ends or the agent reaches a final state.
+func (v *Verifier) poll(ctx context.Context, st *agentState) {
+	log := v.log.With().Str("agent", st.rec.AgentID).Logger()
+	retries := 0
+	needPubkey := true // the first quote after (re)start carries the NK (partial=0)
+	for {
+		res, fails, err := v.attestOnce(ctx, st, needPubkey)
+		if ctx.Err() != nil {
+			return
+		}
+		var wait time.Duration
+		switch res {
+		case attested:
+			retries = 0
+			needPubkey = false
+			wait = v.cfg.QuoteInterval
+		case unreachable:
+			if retries >= v.cfg.MaxRetries {
+				log.Warn().Err(err).Int("retries", retries).Msg("agent unreachable; giving up")
+				v.fail(st, api.StateFailed, []policy.Failure{{
+					EventID: "not_reachable",
+					Context: map[string]any{"message": "agent did not answer after " + itoa(retries) + " retries: " + errText(err)},
+				}})
+				return
+			}
+			retries++
+			wait = v.retryDelay(retries)
+			log.Info().Err(err).Int("retry", retries).Dur("in", wait).Msg("agent unreachable; will retry")
+			v.setState(st, api.StateGetQuoteRetry)
+		case refused:
+			log.Warn().Err(err).Msg("agent refused the quote request")
+			v.fail(st, api.StateFailed, []policy.Failure{{
+				EventID: "no_quote",
+				Context: map[string]any{"message": "agent answered the quote request with an error: " + errText(err)},
+			}})
+			return
+		case invalid:
+			log.Warn().Str("reason", fails[0].Message()).Int("failures", len(fails)).Msg("attestation failed")
+			v.fail(st, api.StateInvalidQuote, fails)
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// retryDelay is Keylime's retry_time: retry_interval ** n seconds with exponential backoff (when the
+// interval is above one second), else retry_interval.
+func (v *Verifier) retryDelay(n int) time.Duration {
+	base := v.cfg.RetryInterval.Seconds()
+	if v.cfg.ExponentialBackoff && base > 1 {
+		d := math.Pow(base, float64(n))
+		if d > 3600 {
+			d = 3600
+		}
+		return time.Duration(d * float64(time.Second))
+	}
+	return v.cfg.RetryInterval
+}
+
+// attestOnce asks for one quote and judges it.
+func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bool) (outcome, []policy.Failure, error) {
+	nonce, err := newNonce()
+	if err != nil {
+		return unreachable, nil, err
+	}
+	st.mu.Lock()
+	mask := policy.FormatMask(st.policy.Mask)
+	st.mu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, v.cfg.RequestTimeout)
+	q, err := st.client.IntegrityQuote(rctx, nonce, mask, !needPubkey, 0)
+	cancel()
+	if err != nil {
+		code := client.StatusCode(err)
+		switch {
+		case code == 0, code == http.StatusRequestTimeout, code >= 500:
+			return unreachable, nil, err
+		case code == http.StatusBadRequest && strings.Contains(err.Error(), api.VersionNotSupported):
+			if rerr := v.renegotiate(ctx, st); rerr == nil {
+				return unreachable, nil, err
+			}
+			return refused, nil, err
+		default:
+			return refused, nil, err
+		}
+	}
+	now := v.cfg.Now()
+	res := v.check(st, q, nonce, needPubkey)
+	st.mu.Lock()
+	st.rec.LastReceived = now.Unix()
+	if len(res.failures) > 0 {
+		st.mu.Unlock()
+		return invalid, res.failures, nil
+	}
+	st.rec.AttestationCount++
+	st.rec.LastSuccess = now.Unix()
+	st.rec.HashAlg, st.rec.EncAlg, st.rec.SignAlg = q.HashAlg, q.EncAlg, q.SignAlg
+	st.rec.Clock, st.rec.HaveClock = res.clock, true
+	if res.nkPEM != "" {
+		st.rec.NKPEM = res.nkPEM
+	}
+	changed := st.rec.State != api.StateGetQuote
+	st.rec.State = api.StateGetQuote
+	st.mu.Unlock()
+	v.persist(st, changed)
+	return attested, nil, nil
+}
+
+// renegotiate asks the agent for its versions after it refused ours and switches to the best common one.
+func (v *Verifier) renegotiate(ctx context.Context, st *agentState) error {
+	rctx, cancel := context.WithTimeout(ctx, v.cfg.RequestTimeout)
+	defer cancel()
+	ver, err := st.client.Version(rctx)
+	if err != nil {
+		return err
+	}
+	remote := append([]string{ver.SupportedVersion}, ver.SupportedVersions...)
+	best := api.Negotiate(remote, api.SupportedVersions)
+	if best == "" {
+		return client.ErrNoCommonVersion
+	}
+	st.mu.Lock()
+	st.rec.SupportedVersion = best
+	st.mu.Unlock()
+	st.client.SetVersion(best)
+	v.persist(st, true)
+	return nil
+}
+
+// fail moves st to a failed state, records why, and persists at once.
+func (v *Verifier) fail(st *agentState, state int, fails []policy.Failure) {
+	now := v.cfg.Now().Unix()
+	st.mu.Lock()
+	st.rec.State = state
+	for _, f := range fails {
+		st.rec.Failures = append(st.rec.Failures, api.FailureInfo{EventID: f.EventID, Context: []byte(f.ContextJSON()), Time: now})
+	}
+	if n := len(st.rec.Failures); n > maxFailures {
+		st.rec.Failures = append([]api.FailureInfo(nil), st.rec.Failures[n-maxFailures:]...)
+	}
+	st.rec.LastEventID = fails[0].EventID
+	st.rec.LastFailure = fails[0].Message()
+	sev := severityEmergency
+	st.rec.SeverityLevel = &sev
+	st.mu.Unlock()
+	v.persist(st, true)
+}
+
+// severityEmergency is the index of "emergency" in Keylime's default severity_labels; the default
+// severity policy maps every event to it.
+const severityEmergency = 6
+
+func (v *Verifier) setState(st *agentState, state int) {
+	st.mu.Lock()
+	changed := st.rec.State != state
+	st.rec.State = state
+	st.mu.Unlock()
+	if changed {
+		v.persist(st, true)
+	}
+}
+
+// persist writes st's record: state changes at once, routine updates batched with other agents'.
+func (v *Verifier) persist(st *agentState, immediate bool) {
+	st.mu.Lock()
+	if st.deleted {
+		st.mu.Unlock()
+		return
+	}
+	raw, err := encodeRecord(&st.rec)
+	id := st.rec.AgentID
+	st.mu.Unlock()
+	if err == nil {
+		write := v.db.Batch
+		if immediate {
+			write = v.db.Update
+		}
+		err = write(func(tx *store.Tx) error {
+			// A concurrent delete wins: never resurrect a deleted agent.
+			if _, gerr := tx.Get(bucketAgents, []byte(id)); gerr != nil {
+				return nil
+			}
+			return tx.Put(bucketAgents, []byte(id), raw)
+		})
+	}
+	if err != nil {
+		v.log.Error().Err(err).Str("agent", id).Msg("cannot save agent state")
+	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+

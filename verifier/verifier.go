@@ -1,0 +1,192 @@
+// Package verifier is Keylime's verifier: it keeps a list of agents added by tenants and attests each one
+// continuously — every quote_interval it asks the agent for a quote over a fresh nonce and checks the AK
+// signature, the nonce, the PCR digest, the binding of the agent's NK into PCR 16, the TPM clock and the
+// policies — and records and reports why an agent failed. Its hot state lives in memory; verifier.db keeps
+// what a restart needs to resume polling every agent.
+package verifier
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/httpx"
+	"github.com/keylime-go/keylime/internal/transport"
+	"github.com/keylime-go/keylime/store"
+)
+
+// Config is everything a verifier needs; internal/cli builds it from keylime.toml.
+type Config struct {
+	// Addr is the listen address of the HTTPS API.
+	Addr string
+	// DBPath is the verifier.db file.
+	DBPath string
+	// TLS is the server configuration (client certificates verified when given; every agent route needs
+	// one, see transport.OptionalClientCert).
+	TLS *tls.Config
+	// ClientCert is presented to agents; agents' own certificates are pinned as registered.
+	ClientCert *tls.Certificate
+	// ID, IP and Port are reported in status (verifier_id, verifier_ip, verifier_port).
+	ID   string
+	IP   string
+	Port int
+
+	QuoteInterval      time.Duration
+	RetryInterval      time.Duration
+	MaxRetries         int
+	ExponentialBackoff bool
+	RequestTimeout     time.Duration
+	// MaxBody bounds request bodies (add-agent bodies carry policies; default 100 MiB as Keylime).
+	MaxBody int64
+
+	Log zerolog.Logger
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Verifier is a running verifier.
+type Verifier struct {
+	cfg Config
+	db  *store.DB
+	log zerolog.Logger
+
+	mu     sync.Mutex
+	agents map[string]*agentState
+	ctx    context.Context // set by Start; pollers run under it
+	wg     sync.WaitGroup
+}
+
+// New opens verifier.db and loads every agent.
+func New(cfg Config) (*Verifier, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ID == "" {
+		cfg.ID = "default"
+	}
+	if cfg.QuoteInterval < 0 {
+		cfg.QuoteInterval = 0
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = 2 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 60 * time.Second
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 100 << 20
+	}
+	db, err := store.Open(cfg.DBPath, store.Options{Owner: "verifier", Migrations: migrations})
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}}
+	kvs, err := db.List(bucketAgents)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	for _, kv := range kvs {
+		rec, err := getRecordBytes(kv.Value)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("load agent %s: %w", kv.Key, err)
+		}
+		st, err := v.newState(rec)
+		if err != nil {
+			v.log.Error().Err(err).Str("agent", rec.AgentID).Msg("cannot load agent; it will not be polled")
+			continue
+		}
+		v.agents[rec.AgentID] = st
+	}
+	return v, nil
+}
+
+// Close stops nothing (cancel Run's context for that) and closes the database.
+func (v *Verifier) Close() error {
+	v.wg.Wait()
+	return v.db.Close()
+}
+
+// Handler returns the HTTP API handler.
+func (v *Verifier) Handler() http.Handler {
+	return httpx.NewRouter(v.log, api.SupportedVersions, v.routes())
+}
+
+// Run listens on Addr and serves and polls until ctx ends.
+func (v *Verifier) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", v.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("verifier listen %s: %w", v.cfg.Addr, err)
+	}
+	return v.Serve(ctx, ln)
+}
+
+// Serve serves the API on ln and polls the agents until ctx ends.
+func (v *Verifier) Serve(ctx context.Context, ln net.Listener) error {
+	v.start(ctx)
+	v.log.Info().Str("addr", ln.Addr().String()).Int("agents", len(v.agents)).Msg("verifier serving (HTTPS, mTLS)")
+	err := transport.Serve(ctx, transport.NewServer(v.Handler(), v.cfg.TLS, v.log), ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	v.wg.Wait()
+	return err
+}
+
+// start resumes polling every agent whose state says it should be polled.
+func (v *Verifier) start(ctx context.Context) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.ctx = ctx
+	resumed := 0
+	for _, st := range v.agents {
+		if resumable(st.rec.State) {
+			st.rec.State = api.StateStart
+			v.startPolling(st)
+			resumed++
+		}
+	}
+	if resumed > 0 {
+		v.log.Info().Int("agents", resumed).Msg("resumed polling")
+	}
+}
+
+// resumable are Keylime's APPROVED_REACTIVATE_STATES: polling resumes after a restart.
+func resumable(s int) bool {
+	switch s {
+	case api.StateStart, api.StateGetQuote, api.StateGetQuoteRetry, api.StateProvideV, api.StateProvideVRetry:
+		return true
+	}
+	return false
+}
+
+// nonceAlphabet is what Keylime's random_password draws from.
+const nonceAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// newNonce returns 20 random alphanumeric characters, as Keylime's verifier sends.
+func newNonce() (string, error) {
+	b := make([]byte, 20)
+	buf := make([]byte, 1)
+	for i := range b {
+		for {
+			if _, err := rand.Read(buf); err != nil {
+				return "", err
+			}
+			if int(buf[0]) < 256-256%len(nonceAlphabet) {
+				b[i] = nonceAlphabet[int(buf[0])%len(nonceAlphabet)]
+				break
+			}
+		}
+	}
+	return string(b), nil
+}
