@@ -140,7 +140,7 @@ func resolveUUID(setting, dataDir string, ek *device.EK) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("hash_ek: %w", err)
 		}
-		return tpm.HashEKUUID(pub)
+		return tpm.HashEK(pub)
 	case "generate", "":
 		path := filepath.Join(dataDir, "uuid")
 		if b, err := os.ReadFile(path); err == nil {

@@ -36,7 +36,11 @@ func listPackages(t *testing.T) map[string]pkg {
 		} else if err != nil {
 			t.Fatal(err)
 		}
-		pkgs[strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")] = p
+		name := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
+		if name == "" {
+			name = "."
+		}
+		pkgs[name] = p
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("go list: %v", err)
@@ -83,10 +87,10 @@ func TestLayout(t *testing.T) {
 			if r := roleOf(d); r != "" && role != "" && r != role {
 				t.Errorf("role %s depends on role %s (%s): roles meet only through the HTTP API", name, r, d)
 			}
-			if under(d, "internal/testbed") && !under(name, "internal/testbed") {
+			if (under(d, "internal/testbed") || under(d, "internal/e2e")) && !under(name, "internal/testbed") && !under(name, "internal/e2e") {
 				t.Errorf("%s depends on the test-only %s", name, d)
 			}
-			if under(d, "tpm/device") && !under(name, "agent") && name != "internal/cli" && name != "." && !under(name, "tpm/device") && !under(name, "internal/testbed") {
+			if under(d, "tpm/device") && !under(name, "agent") && name != "internal/cli" && name != "." && !under(name, "tpm/device") && !under(name, "internal/testbed") && !under(name, "internal/e2e") {
 				t.Errorf("%s depends on tpm/device: only the agent talks to a TPM", name)
 			}
 		}
@@ -137,7 +141,7 @@ func TestReleaseBinaryHasNoTestCode(t *testing.T) {
 		t.Fatal("no main package")
 	}
 	for _, d := range main.Deps {
-		if strings.Contains(d, "internal/testbed") || strings.HasSuffix(d, "/simulator") || d == "testing" {
+		if strings.Contains(d, "internal/testbed") || strings.Contains(d, "internal/e2e") || strings.HasSuffix(d, "/simulator") || d == "testing" {
 			t.Errorf("the release binary depends on %s", d)
 		}
 	}

@@ -1,8 +1,9 @@
-package testbed
+package e2e
 
 import (
 	"context"
 	"errors"
+	"github.com/keylime-go/keylime/internal/testbed"
 	"net"
 	"path/filepath"
 	"sync"
@@ -13,7 +14,7 @@ import (
 
 	"github.com/keylime-go/keylime/agent"
 	"github.com/keylime-go/keylime/internal/api"
-	"github.com/keylime-go/keylime/internal/ca"
+	kca "github.com/keylime-go/keylime/internal/ca"
 	"github.com/keylime-go/keylime/internal/client"
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/registrar"
@@ -45,7 +46,7 @@ func NewSystem(t testing.TB) *System {
 	if testing.Verbose() {
 		s.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 	}
-	if _, err := ca.Ensure(s.CADir, ca.DefaultSubject, nil); err != nil {
+	if _, err := kca.Ensure(s.CADir, kca.DefaultSubject, nil); err != nil {
 		t.Fatal(err)
 	}
 	s.StartRegistrar()
@@ -121,7 +122,7 @@ type AgentOptions struct {
 	// EKAlg and AKAlg default to RSA.
 	EKAlg, AKAlg device.KeyAlg
 	// TPM reuses a running swtpm (another agent's, for takeover tests); nil starts a new one.
-	TPM *SWTPM
+	TPM *testbed.SWTPM
 	// DataDir reuses an agent data directory (restarts); "" makes a new one.
 	DataDir string
 	// RegistrarURL overrides the system's registrar address (e.g. an address nobody listens on).
@@ -131,7 +132,7 @@ type AgentOptions struct {
 // Agent is an agent process-in-a-goroutine with its swtpm.
 type Agent struct {
 	*agent.Agent
-	TPM     *SWTPM
+	TPM     *testbed.SWTPM
 	Device  *device.TPM
 	DataDir string
 	// Done receives Run's result when the agent stops.
@@ -145,7 +146,7 @@ func (s *System) NewAgent(opts AgentOptions) (*Agent, error) {
 	t := s.t
 	t.Helper()
 	if opts.TPM == nil {
-		opts.TPM = StartSWTPM(t)
+		opts.TPM = testbed.StartSWTPM(t)
 	}
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
