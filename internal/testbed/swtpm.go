@@ -25,8 +25,8 @@ import (
 // which the Debian packages swtpm-tools and gnutls-bin bring along).
 var swtpmBinaries = []string{"swtpm", "swtpm_setup", "swtpm_localca"}
 
-// maxSunPath is the longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL).
-const maxSunPath = 107
+// swtpmMaxSunPath is the longest unix socket path Linux accepts (sun_path is 108 bytes with the NUL).
+const swtpmMaxSunPath = 107
 
 // SWTPM is one software TPM 2.0 provisioned like a real one: an RSA-2048 EK persisted at 0x81010001
 // with its certificate in NV 0x01c00002, an ECC NIST P-384 EK at 0x81010016 with its certificate in
@@ -47,7 +47,7 @@ type SWTPM struct {
 	PCRBanks string
 
 	mu   sync.Mutex
-	proc *proc // nil while stopped
+	proc *swtpmProc // nil while stopped
 }
 
 // swtpmConfig collects SWTPMOption settings.
@@ -105,8 +105,8 @@ func StartSWTPM(t testing.TB, opts ...SWTPMOption) *SWTPM {
 func ProvisionSWTPM(t testing.TB, opts ...SWTPMOption) *SWTPM {
 	t.Helper()
 	RequireSWTPM(t)
-	cfg := newConfig(opts)
-	ca, err := sharedCA()
+	cfg := newSWTPMConfig(opts)
+	ca, err := swtpmSharedCA()
 	if err != nil {
 		t.Fatalf("swtpm: %v", err)
 	}
@@ -129,16 +129,16 @@ func ProvisionSWTPM(t testing.TB, opts ...SWTPMOption) *SWTPM {
 			t.Errorf("swtpm: remove %s: %v", dir, err)
 		}
 	})
-	if n := len(s.Socket + ".ctrl"); n > maxSunPath {
-		t.Fatalf("swtpm: socket path %s.ctrl is %d bytes, more than %d (set a shorter TMPDIR)", s.Socket, n, maxSunPath)
+	if n := len(s.Socket + ".ctrl"); n > swtpmMaxSunPath {
+		t.Fatalf("swtpm: socket path %s.ctrl is %d bytes, more than %d (set a shorter TMPDIR)", s.Socket, n, swtpmMaxSunPath)
 	}
-	if err := provision(s, ca, cfg.banks); err != nil {
+	if err := swtpmProvision(s, ca, cfg.banks); err != nil {
 		t.Fatalf("swtpm: %v", err)
 	}
 	return s
 }
 
-func newConfig(opts []SWTPMOption) swtpmConfig {
+func newSWTPMConfig(opts []SWTPMOption) swtpmConfig {
 	cfg := swtpmConfig{banks: "sha1,sha256", timeout: 10 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
@@ -146,8 +146,8 @@ func newConfig(opts []SWTPMOption) swtpmConfig {
 	return cfg
 }
 
-// provision runs swtpm_setup for s with certificates from ca.
-func provision(s *SWTPM, ca *localCA, banks string) error {
+// swtpmProvision runs swtpm_setup for s with certificates from ca.
+func swtpmProvision(s *SWTPM, ca *swtpmLocalCA, banks string) error {
 	for _, d := range []string{"tpm", "certs"} {
 		if err := os.Mkdir(filepath.Join(s.Dir, d), 0o700); err != nil {
 			return err
@@ -165,7 +165,7 @@ func provision(s *SWTPM, ca *localCA, banks string) error {
 		"--pcr-banks", banks, "--not-overwrite", "--config", conf,
 		"--write-ek-cert-files", filepath.Join(s.Dir, "certs"), "--logfile", logFile)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("swtpm_setup: %w: %s\n%s", err, bytes.TrimSpace(out), tail(logFile, 20))
+		return fmt.Errorf("swtpm_setup: %w: %s\n%s", err, bytes.TrimSpace(out), swtpmLogTail(logFile, 20))
 	}
 	return nil
 }
@@ -184,7 +184,7 @@ func (s *SWTPM) Restart(t testing.TB, opts ...SWTPMOption) {
 // start launches swtpm on s's state and waits until it answers a TPM2_GetRandom.
 func (s *SWTPM) start(t testing.TB, opts ...SWTPMOption) {
 	t.Helper()
-	cfg := newConfig(opts)
+	cfg := newSWTPMConfig(opts)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.proc != nil {
@@ -204,26 +204,26 @@ func (s *SWTPM) start(t testing.TB, opts ...SWTPMOption) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("swtpm: start: %v", err)
 	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
+	p := &swtpmProc{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
 	deadline := time.Now().Add(cfg.timeout)
 	for {
-		err := ping(s.Socket)
+		err := swtpmPing(s.Socket)
 		if err == nil {
 			s.proc = p
 			return
 		}
 		select {
 		case <-p.done:
-			t.Fatalf("swtpm exited: %v: %s\n%s", p.err, bytes.TrimSpace(out.Bytes()), tail(logFile, 5))
+			t.Fatalf("swtpm exited: %v: %s\n%s", p.err, bytes.TrimSpace(out.Bytes()), swtpmLogTail(logFile, 5))
 		default:
 		}
 		if time.Now().After(deadline) {
 			p.terminate()
-			t.Fatalf("swtpm did not answer within %v: %v\n%s", cfg.timeout, err, tail(logFile, 5))
+			t.Fatalf("swtpm did not answer within %v: %v\n%s", cfg.timeout, err, swtpmLogTail(logFile, 5))
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -251,15 +251,15 @@ func (s *SWTPM) PID() int {
 	return s.proc.cmd.Process.Pid
 }
 
-// proc is one run of the swtpm process.
-type proc struct {
+// swtpmProc is one run of the swtpm process.
+type swtpmProc struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed once cmd.Wait returned; err is set before
 	err  error
 }
 
 // terminate sends SIGTERM, waits up to 5 s, then kills.
-func (p *proc) terminate() {
+func (p *swtpmProc) terminate() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -269,11 +269,11 @@ func (p *proc) terminate() {
 	}
 }
 
-// getRandomCmd is TPM2_GetRandom(8): tag NO_SESSIONS, size 12, TPM_CC_GetRandom, bytesRequested.
-var getRandomCmd = []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8}
+// swtpmGetRandomCmd is TPM2_GetRandom(8): tag NO_SESSIONS, size 12, TPM_CC_GetRandom, bytesRequested.
+var swtpmGetRandomCmd = []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8}
 
-// ping sends one TPM2_GetRandom over the data socket and checks for a success response.
-func ping(sock string) error {
+// swtpmPing sends one TPM2_GetRandom over the data socket and checks for a success response.
+func swtpmPing(sock string) error {
 	c, err := net.DialTimeout("unix", sock, time.Second)
 	if err != nil {
 		return err
@@ -282,7 +282,7 @@ func ping(sock string) error {
 	if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
 		return err
 	}
-	if _, err := c.Write(getRandomCmd); err != nil {
+	if _, err := c.Write(swtpmGetRandomCmd); err != nil {
 		return err
 	}
 	hdr := make([]byte, 10)
@@ -295,8 +295,8 @@ func ping(sock string) error {
 	return nil
 }
 
-// tail returns the last n lines of a log file, for error messages.
-func tail(path string, n int) string {
+// swtpmLogTail returns the last n lines of a log file, for error messages.
+func swtpmLogTail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
@@ -308,37 +308,39 @@ func tail(path string, n int) string {
 	return path + ":\n" + strings.Join(lines, "\n")
 }
 
-// localCA is the swtpm_localca CA shared by all software TPMs of one test process.
-type localCA struct {
+// swtpmLocalCA is the swtpm_localca CA shared by all software TPMs of one test process.
+type swtpmLocalCA struct {
 	dir     string
 	tool    string // absolute path of swtpm_localca
 	conf    string // swtpm-localca.conf
 	options string // swtpm-localca.options
 }
 
-func (c *localCA) rootCert() string   { return filepath.Join(c.dir, "swtpm-localca-rootca-cert.pem") }
-func (c *localCA) issuerCert() string { return filepath.Join(c.dir, "issuercert.pem") }
+func (c *swtpmLocalCA) rootCert() string {
+	return filepath.Join(c.dir, "swtpm-localca-rootca-cert.pem")
+}
+func (c *swtpmLocalCA) issuerCert() string { return filepath.Join(c.dir, "issuercert.pem") }
 
-// caPrefix names the shared CA directories in os.TempDir: caPrefix + pid.
-const caPrefix = "keylime-swtpm-ca-"
+// swtpmCAPrefix names the shared CA directories in os.TempDir: swtpmCAPrefix + pid.
+const swtpmCAPrefix = "keylime-swtpm-ca-"
 
 var (
-	caOnce sync.Once
-	ca     *localCA
-	caErr  error
+	swtpmCAOnce sync.Once
+	swtpmCA     *swtpmLocalCA
+	swtpmCAErr  error
 )
 
-// sharedCA returns the CA of this process, creating its directory and configuration on first
+// swtpmSharedCA returns the CA of this process, creating its directory and configuration on first
 // use. swtpm_localca creates the keys on the first signing, under its own file lock, so parallel
 // provisioning is safe. The directory is keyed by the process id; directories of processes that no
 // longer run are removed here, since a test binary has no exit hook.
-func sharedCA() (*localCA, error) {
-	caOnce.Do(func() { ca, caErr = newLocalCA() })
-	return ca, caErr
+func swtpmSharedCA() (*swtpmLocalCA, error) {
+	swtpmCAOnce.Do(func() { swtpmCA, swtpmCAErr = newSWTPMLocalCA() })
+	return swtpmCA, swtpmCAErr
 }
 
-func newLocalCA() (*localCA, error) {
-	removeStaleCAs()
+func newSWTPMLocalCA() (*swtpmLocalCA, error) {
+	removeStaleSWTPMCAs()
 	tool, err := exec.LookPath("swtpm_localca")
 	if err != nil {
 		return nil, err
@@ -346,14 +348,14 @@ func newLocalCA() (*localCA, error) {
 	if tool, err = filepath.Abs(tool); err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(os.TempDir(), caPrefix+strconv.Itoa(os.Getpid()))
+	dir := filepath.Join(os.TempDir(), swtpmCAPrefix+strconv.Itoa(os.Getpid()))
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, err
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create CA dir: %w", err)
 	}
-	c := &localCA{
+	c := &swtpmLocalCA{
 		dir:     dir,
 		tool:    tool,
 		conf:    filepath.Join(dir, "swtpm-localca.conf"),
@@ -367,15 +369,15 @@ func newLocalCA() (*localCA, error) {
 	return c, nil
 }
 
-// removeStaleCAs deletes CA directories left by test processes that have exited.
-func removeStaleCAs() {
+// removeStaleSWTPMCAs deletes CA directories left by test processes that have exited.
+func removeStaleSWTPMCAs() {
 	entries, err := os.ReadDir(os.TempDir())
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), caPrefix))
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), caPrefix) || err != nil || pid == os.Getpid() {
+		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), swtpmCAPrefix))
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), swtpmCAPrefix) || err != nil || pid == os.Getpid() {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); errors.Is(err, os.ErrNotExist) {

@@ -20,8 +20,8 @@ import (
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 )
 
-// open connects to s with go-tpm's per-command unix socket transport.
-func open(t *testing.T, s *SWTPM) transport.TPM {
+// swtpmOpen connects to s with go-tpm's per-command unix socket transport.
+func swtpmOpen(t *testing.T, s *SWTPM) transport.TPM {
 	t.Helper()
 	tpm, err := linuxudstpm.Open(s.Socket)
 	if err != nil {
@@ -31,8 +31,8 @@ func open(t *testing.T, s *SWTPM) transport.TPM {
 	return tpm
 }
 
-// nvRead reads a whole NV index whose data is readable with its own empty password.
-func nvRead(t *testing.T, tpm transport.TPM, index tpm2.TPMHandle) []byte {
+// swtpmNVRead reads a whole NV index whose data is readable with its own empty password.
+func swtpmNVRead(t *testing.T, tpm transport.TPM, index tpm2.TPMHandle) []byte {
 	t.Helper()
 	rp, err := tpm2.NVReadPublic{NVIndex: index}.Execute(tpm)
 	if err != nil {
@@ -60,7 +60,7 @@ func nvRead(t *testing.T, tpm transport.TPM, index tpm2.TPMHandle) []byte {
 	return out
 }
 
-func readPCR16(t *testing.T, tpm transport.TPM) []byte {
+func swtpmReadPCR16(t *testing.T, tpm transport.TPM) []byte {
 	t.Helper()
 	r, err := tpm2.PCRRead{PCRSelectionIn: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{
 		{Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(16)},
@@ -74,8 +74,8 @@ func readPCR16(t *testing.T, tpm transport.TPM) []byte {
 	return r.PCRValues.Digests[0].Buffer
 }
 
-// verifyEKCert checks that der chains to s's CA (root + intermediate) and returns it.
-func verifyEKCert(t *testing.T, s *SWTPM, der []byte) *x509.Certificate {
+// swtpmVerifyEKCert checks that der chains to s's CA (root + intermediate) and returns it.
+func swtpmVerifyEKCert(t *testing.T, s *SWTPM, der []byte) *x509.Certificate {
 	t.Helper()
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
@@ -116,10 +116,10 @@ func TestStartSWTPMParallelUniqueEKs(t *testing.T) {
 			t.Run(strconv.Itoa(i), func(t *testing.T) {
 				t.Parallel()
 				s := StartSWTPM(t)
-				if len(s.Socket+".ctrl") > maxSunPath {
+				if len(s.Socket+".ctrl") > swtpmMaxSunPath {
 					t.Errorf("socket path too long: %s", s.Socket)
 				}
-				tpm := open(t, s)
+				tpm := swtpmOpen(t, s)
 				for _, c := range []struct {
 					name  string
 					file  string
@@ -132,11 +132,11 @@ func TestStartSWTPMParallelUniqueEKs(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					nv := nvRead(t, tpm, c.index)
+					nv := swtpmNVRead(t, tpm, c.index)
 					if !bytes.Equal(nv, file) {
 						t.Errorf("%s: NV cert differs from %s", c.name, c.file)
 					}
-					cert := verifyEKCert(t, s, nv)
+					cert := swtpmVerifyEKCert(t, s, nv)
 					key := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
 					mu.Lock()
 					if other, dup := keys[key]; dup {
@@ -160,7 +160,7 @@ func TestStartSWTPMParallelUniqueEKs(t *testing.T) {
 
 func TestSWTPMRestartKeepsState(t *testing.T) {
 	s := StartSWTPM(t)
-	tpm := open(t, s)
+	tpm := swtpmOpen(t, s)
 	ek, err := tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(0x81010001)}.Execute(tpm)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestSWTPMRestartKeepsState(t *testing.T) {
 	}).Execute(tpm); err != nil {
 		t.Fatal(err)
 	}
-	if pcr := readPCR16(t, tpm); bytes.Equal(pcr, make([]byte, 32)) {
+	if pcr := swtpmReadPCR16(t, tpm); bytes.Equal(pcr, make([]byte, 32)) {
 		t.Fatal("PCR 16 still zero after extend")
 	}
 	pid := s.PID()
@@ -194,10 +194,10 @@ func TestSWTPMRestartKeepsState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(nvRead(t, tpm, 0x01c00002), file) {
+	if !bytes.Equal(swtpmNVRead(t, tpm, 0x01c00002), file) {
 		t.Error("EK cert in NV changed across restart")
 	}
-	if pcr := readPCR16(t, tpm); !bytes.Equal(pcr, make([]byte, 32)) {
+	if pcr := swtpmReadPCR16(t, tpm); !bytes.Equal(pcr, make([]byte, 32)) {
 		t.Errorf("PCR 16 = %x after restart, want zeros", pcr)
 	}
 
@@ -206,7 +206,7 @@ func TestSWTPMRestartKeepsState(t *testing.T) {
 	if s.PID() != 0 {
 		t.Error("PID after Stop")
 	}
-	if err := ping(s.Socket); err == nil {
+	if err := swtpmPing(s.Socket); err == nil {
 		t.Error("swtpm still answers after Stop")
 	}
 }
@@ -216,11 +216,11 @@ func TestProvisionWithoutStart(t *testing.T) {
 	if s.PID() != 0 {
 		t.Fatal("ProvisionSWTPM started swtpm")
 	}
-	if err := ping(s.Socket); err == nil {
+	if err := swtpmPing(s.Socket); err == nil {
 		t.Fatal("socket answers before start")
 	}
 	s.Restart(t)
-	tpm := open(t, s)
+	tpm := swtpmOpen(t, s)
 	// Only sha256 is active: a sha1 PCR read selects nothing.
 	r, err := tpm2.PCRRead{PCRSelectionIn: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{
 		{Hash: tpm2.TPMAlgSHA1, PCRSelect: tpm2.PCClientCompatible.PCRs(0)},
@@ -231,7 +231,7 @@ func TestProvisionWithoutStart(t *testing.T) {
 	if len(r.PCRValues.Digests) != 0 {
 		t.Errorf("sha1 bank active though only sha256 was asked for")
 	}
-	if len(readPCR16(t, tpm)) != 32 {
+	if len(swtpmReadPCR16(t, tpm)) != 32 {
 		t.Error("sha256 bank not readable")
 	}
 }

@@ -174,6 +174,9 @@ func (t *TPM) LoadOrCreateAK(dir string, ek *EK, alg KeyAlg) (ak *AK, created bo
 		return nil, false, fmt.Errorf("read AK: %w", err)
 	}
 
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("AK directory: %w", err)
+	}
 	cr, err := tpm2.Create{ParentHandle: ek.authHandle(), InPublic: tpm2.New2B(tmpl)}.Execute(tpm)
 	if err != nil {
 		return nil, false, fmt.Errorf("create AK under EK: %w", err)

@@ -64,9 +64,12 @@ type TPM struct {
 }
 
 // Open opens the TPM named by spec: a device path such as "/dev/tpmrm0" (the default when spec is
-// empty) or "swtpm:<unix socket path>" for swtpm's data socket (one persistent connection). It then
-// flushes transient objects and sessions leaked by earlier users, since swtpm and a raw /dev/tpm0
-// have no resource manager to do it.
+// empty) or "swtpm:<unix socket path>" (also "swtpm:path=<path>", the tpm2-tss TCTI form) for
+// swtpm's data socket. The socket connection is kept open and dialled again after a failure; swtpm
+// serves one client at a time, so a second client waits until the first closes. Open then flushes
+// transient objects and sessions leaked by earlier users, since swtpm and a raw /dev/tpm0 have no
+// resource manager to do it. Commands the TPM answers with TPM_RC_RETRY, TPM_RC_TESTING or
+// TPM_RC_YIELDED (swtpm answers RETRY to the first quote or activation after start) are resent.
 func Open(spec string) (*TPM, error) {
 	if spec == "" {
 		spec = DefaultDevice

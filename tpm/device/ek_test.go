@@ -130,7 +130,7 @@ func checkPublicBytes(t *testing.T, b []byte, pub *tpm2.TPMTPublic, name []byte)
 }
 
 // undefineNV removes an NV index with platform authorisation (empty on swtpm).
-func undefineNV(t *testing.T, tpm transport.TPM, index tpm2.TPMHandle) {
+func undefineNV(t testing.TB, tpm transport.TPM, index tpm2.TPMHandle) {
 	t.Helper()
 	rp, err := tpm2.NVReadPublic{NVIndex: index}.Execute(tpm)
 	if err != nil {
@@ -145,7 +145,7 @@ func undefineNV(t *testing.T, tpm transport.TPM, index tpm2.TPMHandle) {
 }
 
 // evict removes a persistent object (swtpm_setup persists the EKs with platform authorisation).
-func evict(t *testing.T, tpm transport.TPM, h tpm2.TPMHandle) {
+func evict(t testing.TB, tpm transport.TPM, h tpm2.TPMHandle) {
 	t.Helper()
 	rp, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(tpm)
 	if err != nil {
