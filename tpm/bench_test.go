@@ -1,0 +1,34 @@
+package tpm
+
+import (
+	"crypto/rand"
+	"testing"
+)
+
+func BenchmarkParsePublic(b *testing.B) {
+	for _, name := range []string{"ek-rsa2048.pub", "ak-ecc.pub"} {
+		raw := readFixture(b, name)
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := ParsePublic(raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkMakeCredential(b *testing.B) {
+	akName := readFixture(b, "ak-rsa.name")
+	secret := readFixture(b, "secret.bin")
+	for _, name := range []string{"ek-rsa2048.pub", "ek-ecc384.pub"} {
+		ek := mustParse(b, readFixture(b, name))
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := MakeCredential(rand.Reader, ek, akName, secret); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
