@@ -7,19 +7,25 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/keylime-go/keylime/internal/ca"
 	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/tpm"
 	"github.com/keylime-go/keylime/tpm/device"
 )
@@ -41,6 +47,14 @@ type Config struct {
 	// ContactIP and ContactPort are what the registrar records for the verifier and tenant to reach us.
 	ContactIP   string
 	ContactPort int
+	// ListenAddr is where the agent API listens (host:port).
+	ListenAddr string
+	// ClientCAs are the CAs whose client certificates (verifier, tenant) the API accepts.
+	ClientCAs *x509.CertPool
+	// HashAlg is the PCR bank quoted ("sha256").
+	HashAlg string
+	// IMALogPath and MBLogPath are the IMA ASCII log and the UEFI event log ("" or missing: none).
+	IMALogPath, MBLogPath string
 	// Registrar is the registrar client (plain HTTP port).
 	Registrar *client.Registrar
 	// RetryInterval is the first delay after a failed registration attempt; delays double up to RetryMax.
@@ -57,8 +71,12 @@ type Agent struct {
 	uuid string
 	ek   *device.EK
 	ak   *device.AK
-	nk   *rsa.PrivateKey
-	tls  *mtlsIdentity
+	nk    *rsa.PrivateKey
+	nkPEM []byte
+	tls   *mtlsIdentity
+
+	// quoteMu makes reset PCR 16, extend, quote one step: concurrent quotes must not interleave.
+	quoteMu sync.Mutex
 
 	negotiated bool
 }
@@ -103,6 +121,15 @@ func New(cfg Config) (*Agent, error) {
 	if created {
 		a.log.Info().Str("path", cfg.PayloadKeyPath).Msg("created payload key (NK)")
 	}
+	if a.nkPEM, err = publicKeyPEM(&a.nk.PublicKey); err != nil {
+		return nil, err
+	}
+	if cfg.HashAlg == "" {
+		a.cfg.HashAlg = "sha256"
+	}
+	if _, _, err := tpm.HashByName(a.cfg.HashAlg); err != nil {
+		return nil, fmt.Errorf("tpm_hash_alg: %w", err)
+	}
 	if cfg.EnableMTLS {
 		if a.tls, created, err = loadOrCreateMTLS(cfg.ServerKeyPath, cfg.ServerCertPath, a.uuid, []string{cfg.ContactIP}, cfg.Now()); err != nil {
 			return nil, err
@@ -120,13 +147,35 @@ func (a *Agent) UUID() string { return a.uuid }
 // AKName returns the TPM Name of the agent's AK.
 func (a *Agent) AKName() []byte { return append([]byte(nil), a.ak.Name...) }
 
-// Run registers with the registrar (retrying while it is unreachable) and then serves until ctx ends.
+// Run listens on ListenAddr, registers with the registrar (retrying while it is unreachable) and then
+// serves the agent API until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", a.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("agent listen %s: %w", a.cfg.ListenAddr, err)
+	}
+	return a.Serve(ctx, ln)
+}
+
+// Serve registers and then serves the agent API on ln until ctx ends.
+func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
+	defer ln.Close()
 	if err := a.RegisterWithRetry(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
-	return nil
+	var tlsConf *tls.Config
+	scheme := "http"
+	if a.tls != nil {
+		cert := tls.Certificate{Certificate: [][]byte{a.tls.Cert.Raw}, PrivateKey: a.tls.Key, Leaf: a.tls.Cert}
+		tlsConf = transport.ServerConfig(cert, a.cfg.ClientCAs, transport.RequireClientCert)
+		scheme = "https"
+	}
+	a.log.Info().Str("addr", scheme+"://"+ln.Addr().String()).Msg("agent API serving")
+	err := transport.Serve(ctx, transport.NewServer(a.Handler(), tlsConf, a.log), ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
 }
 
 var uuidPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,255}$`)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto/x509"
 	"fmt"
 	"net"
 	"strconv"
@@ -77,6 +78,13 @@ func runAgent(c *ucli.Context, e *env) error {
 		Str("registrar", net.JoinHostPort(ac.RegistrarIP, strconv.Itoa(ac.RegistrarPort))).
 		Str("contact", net.JoinHostPort(ac.ContactIP, strconv.Itoa(ac.ContactPort))).
 		Str("ek_alg", ac.TPMEncryptionAlg).Str("ak_alg", ac.TPMSigningAlg).Msg("agent starting")
+	var clientCAs *x509.CertPool
+	if ac.EnableAgentMTLS {
+		caFile := config.Path(ac.KeylimeDir, ac.TrustedClientCA)
+		if clientCAs, err = transport.LoadPool(caFile); err != nil {
+			return fmt.Errorf("agent.trusted_client_ca: %w (the agent accepts only clients with certificates from this CA; copy the Keylime CA's cacert.crt there)", err)
+		}
+	}
 	t, err := device.Open(ac.TPM)
 	if err != nil {
 		return fmt.Errorf("open TPM: %w", err)
@@ -94,6 +102,11 @@ func runAgent(c *ucli.Context, e *env) error {
 		EnableMTLS:     ac.EnableAgentMTLS,
 		EKAlg:          ekAlg,
 		AKAlg:          akAlg,
+		ListenAddr:     net.JoinHostPort(ac.IP, strconv.Itoa(ac.Port)),
+		ClientCAs:      clientCAs,
+		HashAlg:        ac.TPMHashAlg,
+		IMALogPath:     ac.IMAMLPath,
+		MBLogPath:      ac.MeasuredBootMLPath,
 		ContactIP:      ac.ContactIP,
 		ContactPort:    ac.ContactPort,
 		Registrar:      reg,

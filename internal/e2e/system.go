@@ -127,6 +127,10 @@ type AgentOptions struct {
 	DataDir string
 	// RegistrarURL overrides the system's registrar address (e.g. an address nobody listens on).
 	RegistrarURL string
+	// Listener reuses a listening socket (to restart an agent on the same port); nil opens a new one.
+	Listener net.Listener
+	// IMALogPath and MBLogPath are the agent's IMA and UEFI logs ("" for none).
+	IMALogPath, MBLogPath string
 }
 
 // Agent is an agent process-in-a-goroutine with its swtpm.
@@ -135,8 +139,12 @@ type Agent struct {
 	TPM     *testbed.SWTPM
 	Device  *device.TPM
 	DataDir string
+	// Port is the agent API's loopback port.
+	Port int
+	ln   net.Listener
 	// Done receives Run's result when the agent stops.
 	Done   chan error
+	exited chan struct{}
 	cancel context.CancelFunc
 	once   sync.Once
 }
@@ -161,6 +169,11 @@ func (s *System) NewAgent(opts AgentOptions) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	ln := opts.Listener
+	if ln == nil {
+		ln = listen(t)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
 	a, err := agent.New(agent.Config{
 		TPM:            dev,
 		UUID:           opts.UUID,
@@ -171,8 +184,12 @@ func (s *System) NewAgent(opts AgentOptions) (*Agent, error) {
 		EnableMTLS:     true,
 		EKAlg:          opts.EKAlg,
 		AKAlg:          opts.AKAlg,
+		ClientCAs:      s.ClientTLS().Pool,
+		HashAlg:        "sha256",
+		IMALogPath:     opts.IMALogPath,
+		MBLogPath:      opts.MBLogPath,
 		ContactIP:      "127.0.0.1",
-		ContactPort:    9002,
+		ContactPort:    port,
 		Registrar:      client.NewRegistrar(transport.NewHTTPClient(nil, 10*time.Second), opts.RegistrarURL, api.CurrentVersion),
 		RetryInterval:  50 * time.Millisecond,
 		RetryMax:       200 * time.Millisecond,
@@ -180,9 +197,10 @@ func (s *System) NewAgent(opts AgentOptions) (*Agent, error) {
 	})
 	if err != nil {
 		dev.Close()
+		ln.Close()
 		return nil, err
 	}
-	return &Agent{Agent: a, TPM: opts.TPM, Device: dev, DataDir: opts.DataDir, Done: make(chan error, 1)}, nil
+	return &Agent{Agent: a, TPM: opts.TPM, Device: dev, DataDir: opts.DataDir, Done: make(chan error, 1), ln: ln, Port: port}, nil
 }
 
 // StartAgent builds an agent and runs it in a goroutine; it is stopped when the test ends.
@@ -194,7 +212,11 @@ func (s *System) StartAgent(opts AgentOptions) *Agent {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	go func() { a.Done <- a.Run(ctx) }()
+	a.exited = make(chan struct{})
+	go func() {
+		a.Done <- a.Serve(ctx, a.ln)
+		close(a.exited)
+	}()
 	s.t.Cleanup(a.Stop)
 	return a
 }
@@ -204,6 +226,9 @@ func (a *Agent) Stop() {
 	a.once.Do(func() {
 		if a.cancel != nil {
 			a.cancel()
+			<-a.exited
+		} else {
+			a.ln.Close()
 		}
 		a.Device.Close()
 	})
