@@ -28,7 +28,62 @@ const DefaultDir = "/var/lib/keylime"
 type Config struct {
 	Agent     Agent     `toml:"agent"`
 	Registrar Registrar `toml:"registrar"`
+	Verifier  Verifier  `toml:"verifier"`
+	Tenant    Tenant    `toml:"tenant"`
 	CA        CA        `toml:"ca"`
+}
+
+// Verifier is the [verifier] section.
+type Verifier struct {
+	// UUID is the verifier id reported as verifier_id.
+	UUID       string `toml:"uuid"`
+	IP         string `toml:"ip"`
+	Port       int    `toml:"port"`
+	KeylimeDir string `toml:"keylime_dir"`
+	Database   string `toml:"database"`
+
+	TLSDir          string `toml:"tls_dir"`
+	ServerKey       string `toml:"server_key"`
+	ServerCert      string `toml:"server_cert"`
+	TrustedClientCA string `toml:"trusted_client_ca"`
+	// ClientKey and ClientCert are presented to agents.
+	ClientKey                   string   `toml:"client_key"`
+	ClientCert                  string   `toml:"client_cert"`
+	CertSubjectAlternativeNames []string `toml:"cert_subject_alternative_names"`
+
+	QuoteInterval      Duration `toml:"quote_interval"`
+	RetryInterval      Duration `toml:"retry_interval"`
+	MaxRetries         int      `toml:"max_retries"`
+	ExponentialBackoff bool     `toml:"exponential_backoff"`
+	RequestTimeout     Duration `toml:"request_timeout"`
+	MaxUploadSize      int64    `toml:"max_upload_size"`
+}
+
+// Tenant is the [tenant] section.
+type Tenant struct {
+	VerifierIP    string `toml:"verifier_ip"`
+	VerifierPort  int    `toml:"verifier_port"`
+	RegistrarIP   string `toml:"registrar_ip"`
+	RegistrarPort int    `toml:"registrar_port"`
+	KeylimeDir    string `toml:"keylime_dir"`
+
+	TLSDir          string `toml:"tls_dir"`
+	ClientKey       string `toml:"client_key"`
+	ClientCert      string `toml:"client_cert"`
+	TrustedServerCA string `toml:"trusted_server_ca"`
+
+	// TPMCertStore is a directory of CA certificates that EK certificates must chain to.
+	TPMCertStore  string `toml:"tpm_cert_store"`
+	RequireEKCert bool   `toml:"require_ek_cert"`
+
+	AcceptTPMHashAlgs       []string `toml:"accept_tpm_hash_algs"`
+	AcceptTPMEncryptionAlgs []string `toml:"accept_tpm_encryption_algs"`
+	AcceptTPMSigningAlgs    []string `toml:"accept_tpm_signing_algs"`
+
+	MaxRetries         int      `toml:"max_retries"`
+	RetryInterval      Duration `toml:"retry_interval"`
+	ExponentialBackoff bool     `toml:"exponential_backoff"`
+	RequestTimeout     Duration `toml:"request_timeout"`
 }
 
 // Agent is the [agent] section: the attested machine.
@@ -139,6 +194,45 @@ func Default() Config {
 			ServerCert:      "default",
 			TrustedClientCA: "default",
 			MaxUploadSize:   1 << 20,
+		},
+		Verifier: Verifier{
+			UUID:               "default",
+			IP:                 "127.0.0.1",
+			Port:               8881,
+			KeylimeDir:         DefaultDir,
+			Database:           "verifier.db",
+			TLSDir:             "generate",
+			ServerKey:          "default",
+			ServerCert:         "default",
+			TrustedClientCA:    "default",
+			ClientKey:          "default",
+			ClientCert:         "default",
+			QuoteInterval:      Duration(2 * time.Second),
+			RetryInterval:      Duration(2 * time.Second),
+			MaxRetries:         5,
+			ExponentialBackoff: true,
+			RequestTimeout:     Duration(60 * time.Second),
+			MaxUploadSize:      104857600,
+		},
+		Tenant: Tenant{
+			VerifierIP:              "127.0.0.1",
+			VerifierPort:            8881,
+			RegistrarIP:             "127.0.0.1",
+			RegistrarPort:           8891,
+			KeylimeDir:              DefaultDir,
+			TLSDir:                  "default",
+			ClientKey:               "default",
+			ClientCert:              "default",
+			TrustedServerCA:         "default",
+			TPMCertStore:            "/var/lib/keylime/tpm_cert_store",
+			RequireEKCert:           true,
+			AcceptTPMHashAlgs:       []string{"sha512", "sha384", "sha256"},
+			AcceptTPMEncryptionAlgs: []string{"ecc", "rsa"},
+			AcceptTPMSigningAlgs:    []string{"ecdsa", "rsassa"},
+			MaxRetries:              5,
+			RetryInterval:           Duration(2 * time.Second),
+			ExponentialBackoff:      true,
+			RequestTimeout:          Duration(60 * time.Second),
 		},
 		CA: CA{
 			CertCountry:      "US",

@@ -42,6 +42,9 @@ func normalise(c Config) Config {
 	if len(c.Registrar.CertSubjectAlternativeNames) == 0 {
 		c.Registrar.CertSubjectAlternativeNames = nil
 	}
+	if len(c.Verifier.CertSubjectAlternativeNames) == 0 {
+		c.Verifier.CertSubjectAlternativeNames = nil
+	}
 	return c
 }
 
