@@ -53,12 +53,13 @@ func TestAKCreateReloadActivate(t *testing.T) {
 		ekAlg, akAlg device.KeyAlg
 		akType       tpm2.TPMAlgID
 	}{
-		{"device.RSA EK, device.RSA AK", device.RSA, device.RSA, tpm2.TPMAlgRSA},
-		{"device.RSA EK, device.ECC AK", device.RSA, device.ECC, tpm2.TPMAlgECC},
-		{"device.ECC EK, device.ECC AK", device.ECC, device.ECC, tpm2.TPMAlgECC},
-		{"device.ECC EK, device.RSA AK", device.ECC, device.RSA, tpm2.TPMAlgRSA},
+		{"RSA EK, RSA AK", device.RSA, device.RSA, tpm2.TPMAlgRSA},
+		{"RSA EK, ECC AK", device.RSA, device.ECC, tpm2.TPMAlgECC},
+		{"ECC EK, ECC AK", device.ECC, device.ECC, tpm2.TPMAlgECC},
+		{"ECC EK, RSA AK", device.ECC, device.RSA, tpm2.TPMAlgRSA},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			sw, tpm := open(t)
 			dir := t.TempDir()
 			ek, err := tpm.EK(tc.ekAlg)

@@ -260,20 +260,20 @@ func TestEKOtherProvisioning(t *testing.T) {
 		auth       string
 		err        error
 	}{
-		{"device.RSA without cert uses the persistent L-1 key", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
+		{"RSA without cert uses the persistent L-1 key", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
 			undefineNV(t, tpm, 0x01c00002)
 			return nil
 		}, "L-1", true, "policyA", nil},
-		{"device.RSA without cert or persistent key creates L-1", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
+		{"RSA without cert or persistent key creates L-1", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
 			undefineNV(t, tpm, 0x01c00002)
 			evict(t, tpm, 0x81010001)
 			return nil
 		}, "L-1", false, "policyA", nil},
-		{"device.ECC without certs creates L-2 P-256", device.ECC, func(t *testing.T, tpm transport.TPM) []byte {
+		{"ECC without certs creates L-2 P-256", device.ECC, func(t *testing.T, tpm transport.TPM) []byte {
 			undefineNV(t, tpm, 0x01c00016)
 			return nil
 		}, "L-2", false, "policyA", nil},
-		{"device.RSA high-range H-1 cert in a padded index", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
+		{"RSA high-range H-1 cert in a padded index", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
 			undefineNV(t, tpm, 0x01c00002)
 			cp, key := createPrimary(t, tpm, device.TemplatePublic("H-1"))
 			tpm2.FlushContext{FlushHandle: cp.ObjectHandle}.Execute(tpm)
@@ -281,21 +281,21 @@ func TestEKOtherProvisioning(t *testing.T) {
 			writeNV(t, tpm, 0x01c00012, cert, len(cert)+300)
 			return cert
 		}, "H-1", false, "policyB", nil},
-		{"device.ECC low-range L-2 cert wins over H-3", device.ECC, func(t *testing.T, tpm transport.TPM) []byte {
+		{"ECC low-range L-2 cert wins over H-3", device.ECC, func(t *testing.T, tpm transport.TPM) []byte {
 			cp, key := createPrimary(t, tpm, tpm2.ECCEKTemplate)
 			tpm2.FlushContext{FlushHandle: cp.ObjectHandle}.Execute(tpm)
 			cert := issueCert(t, key)
 			writeNV(t, tpm, 0x01c0000a, cert, len(cert))
 			return cert
 		}, "L-2", false, "policyA", nil},
-		{"device.ECC H-2 P-256 cert", device.ECC, func(t *testing.T, tpm transport.TPM) []byte {
+		{"ECC H-2 P-256 cert", device.ECC, func(t *testing.T, tpm transport.TPM) []byte {
 			cp, key := createPrimary(t, tpm, device.TemplatePublic("H-2"))
 			tpm2.FlushContext{FlushHandle: cp.ObjectHandle}.Execute(tpm)
 			cert := issueCert(t, key)
 			writeNV(t, tpm, 0x01c00014, cert, len(cert))
 			return cert
 		}, "H-2", false, "policyB", nil},
-		{"device.RSA cert for a foreign key", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
+		{"RSA cert for a foreign key", device.RSA, func(t *testing.T, tpm transport.TPM) []byte {
 			undefineNV(t, tpm, 0x01c00002)
 			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			if err != nil {
@@ -307,6 +307,7 @@ func TestEKOtherProvisioning(t *testing.T) {
 		}, "", false, "", device.ErrEKMismatch},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			_, tpm := open(t)
 			want := tc.prepare(t, tpm.Transport())
 			ek, err := tpm.EK(tc.alg)

@@ -139,7 +139,7 @@ func verifyQuote(t *testing.T, ak *device.AK, nonce []byte, q *device.Quote) {
 			t.Fatal(err)
 		}
 		if err := rsa.VerifyPKCS1v15(k, crypto.SHA256, digest[:], s.Sig.Buffer); err != nil {
-			t.Errorf("device.RSA signature: %v", err)
+			t.Errorf("RSA signature: %v", err)
 		}
 	case *ecdsa.PublicKey:
 		s, err := sig.Signature.ECDSA()
