@@ -1,6 +1,6 @@
-// Package testbed holds test-only helpers that run real components: a software TPM (swtpm) launcher
-// whose TPMs carry EK certificates from a local CA, and later the in-process system and fake platform.
-// It is never linked into the release binary (internal/deptest enforces that).
+// Package testbed holds test-only helpers that run real components, starting with a software TPM
+// (swtpm) launcher whose TPMs carry EK certificates from a local CA. It is never linked into the
+// release binary (internal/deptest enforces that).
 package testbed
 
 import (
