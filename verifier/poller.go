@@ -2,6 +2,9 @@ package verifier
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"math"
 	"net/http"
 	"strconv"
@@ -10,6 +13,7 @@ import (
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/policy"
 	"github.com/keylime-go/keylime/store"
 )
@@ -90,10 +94,12 @@ func (v *Verifier) poll(ctx context.Context, st *agentState) {
 			v.setState(st, api.StateGetQuoteRetry)
 		case refused:
 			log.Warn().Err(err).Msg("agent refused the quote request")
-			v.fail(st, api.StateFailed, []policy.Failure{{
-				EventID: "no_quote",
-				Context: map[string]any{"message": "agent answered the quote request with an error: " + errText(err)},
-			}})
+			f := policy.Failure{EventID: "no_quote", Context: map[string]any{"message": "agent answered the quote request with an error: " + errText(err)}}
+			if isCertError(err) {
+				f = policy.Failure{EventID: "agent_certificate_mismatch", Context: map[string]any{
+					"message": "agent presented a TLS certificate other than the one it registered: " + errText(err)}}
+			}
+			v.fail(st, api.StateFailed, []policy.Failure{f})
 			return
 		case invalid:
 			log.Warn().Str("reason", fails[0].Message()).Int("failures", len(fails)).Msg("attestation failed")
@@ -137,6 +143,9 @@ func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bo
 	q, err := st.client.IntegrityQuote(rctx, nonce, mask, !needPubkey, 0)
 	cancel()
 	if err != nil {
+		if isCertError(err) {
+			return refused, nil, err
+		}
 		code := client.StatusCode(err)
 		switch {
 		case code == 0, code == http.StatusRequestTimeout, code >= 500:
@@ -263,3 +272,13 @@ func errText(err error) string {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
+// isCertError reports whether err is the agent's TLS certificate failing verification against the pin:
+// an impostor or a changed certificate, never retried.
+func isCertError(err error) bool {
+	var cve *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	var he x509.HostnameError
+	return errors.Is(err, transport.ErrPinMismatch) || errors.As(err, &cve) || errors.As(err, &ua) ||
+		errors.As(err, &ci) || errors.As(err, &he)
+}

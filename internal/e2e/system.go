@@ -34,8 +34,13 @@ type System struct {
 	Admin *client.Registrar
 	Log   zerolog.Logger
 
+	// VerifierURL and Verifier (an admin client) are set by StartVerifier.
+	VerifierURL string
+	Verifier    *client.Verifier
+
 	registrarDB   string
 	stopRegistrar func()
+	stopVerifier  func()
 }
 
 // NewSystem creates the CA and starts a registrar; everything stops when the test ends.
