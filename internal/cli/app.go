@@ -163,5 +163,4 @@ func notImplemented(name string) *ucli.Command {
 	}
 }
 
-func verifierCommand() *ucli.Command { return notImplemented("verifier") }
 func tenantCommand() *ucli.Command   { return notImplemented("tenant") }
