@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -79,6 +80,7 @@ type Agent struct {
 	quoteMu sync.Mutex
 
 	negotiated bool
+	registered atomic.Bool
 }
 
 // New loads or creates the agent's identity: EK, UUID, AK (persisted in DataDir), NK and mTLS certificate.
@@ -140,6 +142,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return a, nil
 }
+
+// Registered reports whether the agent has registered and activated with the registrar since it started.
+func (a *Agent) Registered() bool { return a.registered.Load() }
 
 // UUID returns the agent's id.
 func (a *Agent) UUID() string { return a.uuid }

@@ -86,6 +86,7 @@ func (a *Agent) RegisterWithRetry(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
 		err := a.Register(ctx)
 		if err == nil {
+			a.registered.Store(true)
 			a.log.Info().Dur("took", a.cfg.Now().Sub(start)).Int("attempts", attempt).
 				Msg("registered and activated with the registrar")
 			return nil

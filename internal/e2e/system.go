@@ -69,7 +69,10 @@ func (s *System) ClientTLS() *transport.Material {
 }
 
 // StartRegistrar (re)starts the registrar on new loopback ports with the same database.
-func (s *System) StartRegistrar() {
+func (s *System) StartRegistrar() { s.StartRegistrarAt("127.0.0.1:0") }
+
+// StartRegistrarAt (re)starts the registrar with its plain port at addr.
+func (s *System) StartRegistrarAt(addr string) {
 	t := s.t
 	t.Helper()
 	srv, err := transport.LoadMaterial(s.CADir, "server")
@@ -84,7 +87,10 @@ func (s *System) StartRegistrar() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain := listen(t)
+	plain, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tlsLn := listen(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
