@@ -67,11 +67,11 @@ type Config struct {
 
 // Agent is a started agent with its identity loaded.
 type Agent struct {
-	cfg  Config
-	log  zerolog.Logger
-	uuid string
-	ek   *device.EK
-	ak   *device.AK
+	cfg   Config
+	log   zerolog.Logger
+	uuid  string
+	ek    *device.EK
+	ak    *device.AK
 	nk    *rsa.PrivateKey
 	nkPEM []byte
 	tls   *mtlsIdentity

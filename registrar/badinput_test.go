@@ -77,8 +77,8 @@ func TestMalformedRequests(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, method, path, ctype, body string
-		code                             int
-		msg                              string
+		code                            int
+		msg                             string
 	}{
 		{"not JSON", "POST", "/v2.6/agents/" + newID, "application/json", "{ek_tpm:", 400, "invalid JSON"},
 		{"empty body", "POST", "/v2.6/agents/" + newID, "application/json", "", 400, "empty"},
