@@ -160,7 +160,7 @@ func (t *TPM) LoadOrCreateAK(dir string, ek *EK, alg KeyAlg) (ak *AK, created bo
 	if err != nil {
 		return nil, false, err
 	}
-	defer t.mu.Unlock()
+	defer t.unlock()
 	path := filepath.Join(dir, AKFile)
 	b, err := os.ReadFile(path)
 	switch {
@@ -260,7 +260,7 @@ func (t *TPM) ActivateCredential(ek *EK, ak *AK, idObject, encSecret []byte) ([]
 	if err != nil {
 		return nil, err
 	}
-	defer t.mu.Unlock()
+	defer t.unlock()
 	r, err := tpm2.ActivateCredential{
 		ActivateHandle: ak.handle(),
 		KeyHandle:      ek.authHandle(),

@@ -140,6 +140,16 @@ func (t *TPM) lock() (transport.TPM, error) {
 	return t.tpm, nil
 }
 
+// unlock releases the command mutex. On a swtpm socket it also hangs up, so other clients (tpm2-tools,
+// a test extending PCRs) can use the TPM between the agent's command sequences: swtpm serves one
+// connection at a time, and loaded objects survive the reconnect.
+func (t *TPM) unlock() {
+	if r, ok := t.tpm.(interface{ release() }); ok {
+		r.release()
+	}
+	t.mu.Unlock()
+}
+
 // flushLeaked flushes every transient object and session the TPM reports.
 func (t *TPM) flushLeaked() error {
 	for _, first := range []uint32{

@@ -75,7 +75,7 @@ func (t *TPM) EK(alg KeyAlg) (*EK, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer t.mu.Unlock()
+	defer t.unlock()
 	if ek := t.eks[alg]; ek != nil {
 		return ek, nil
 	}

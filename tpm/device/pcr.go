@@ -84,7 +84,7 @@ func (t *TPM) PCRRead(bank tpm2.TPMAlgID, pcrs []int) (map[int][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer t.mu.Unlock()
+	defer t.unlock()
 	vals, _, err := pcrRead(tpm, bank, pcrs)
 	return vals, err
 }
@@ -150,7 +150,7 @@ func (t *TPM) PCRExtend(pcr int, bank tpm2.TPMAlgID, digest []byte) error {
 	if err != nil {
 		return err
 	}
-	defer t.mu.Unlock()
+	defer t.unlock()
 	_, err = tpm2.PCRExtend{
 		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
 		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: bank, Digest: digest}}},
@@ -171,7 +171,7 @@ func (t *TPM) PCRReset(pcr int) error {
 	if err != nil {
 		return err
 	}
-	defer t.mu.Unlock()
+	defer t.unlock()
 	_, err = tpm2.PCRReset{PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)}}.Execute(tpm)
 	if err != nil {
 		return fmt.Errorf("TPM2_PCR_Reset %d: %w", pcr, err)
@@ -198,7 +198,7 @@ func (t *TPM) Quote(ak *AK, nonce []byte, bank tpm2.TPMAlgID, pcrs []int) (*Quot
 	if err != nil {
 		return nil, err
 	}
-	defer t.mu.Unlock()
+	defer t.unlock()
 	for range pcrRetries {
 		q, err := tpm2.Quote{
 			SignHandle:     ak.handle(),

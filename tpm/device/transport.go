@@ -99,6 +99,16 @@ func readResponse(r io.Reader) ([]byte, error) {
 	return rsp, nil
 }
 
+// release hangs up after a command sequence; the next Send dials again.
+func (s *socketTPM) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil {
+		_ = s.conn.Close()
+		s.conn = nil
+	}
+}
+
 // Close closes the connection.
 func (s *socketTPM) Close() error {
 	s.mu.Lock()
@@ -159,5 +169,12 @@ func (r retryTPM) Send(cmd []byte) ([]byte, error) {
 		default:
 			return rsp, nil
 		}
+	}
+}
+
+// release passes a hang-up through to a socket transport.
+func (r retryTPM) release() {
+	if s, ok := r.TPMCloser.(interface{ release() }); ok {
+		s.release()
 	}
 }
