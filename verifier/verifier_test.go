@@ -1,0 +1,223 @@
+package verifier
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/ca"
+	"github.com/keylime-go/keylime/internal/transport"
+)
+
+// testVerifier is a verifier on loopback with an admin HTTP client.
+type testVerifier struct {
+	v     *Verifier
+	url   string
+	admin *http.Client
+}
+
+func startVerifier(t *testing.T) *testVerifier {
+	t.Helper()
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "cv_ca")
+	if _, err := ca.Ensure(caDir, ca.DefaultSubject, nil); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := transport.LoadMaterial(caDir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := transport.LoadMaterial(caDir, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := New(Config{
+		DBPath:        filepath.Join(dir, "verifier.db"),
+		TLS:           transport.ServerConfig(srv.Cert, srv.Pool, transport.OptionalClientCert),
+		ClientCert:    &cl.Cert,
+		QuoteInterval: time.Second, RetryInterval: 50 * time.Millisecond, MaxRetries: 1,
+		RequestTimeout: time.Second,
+		MaxBody:        1 << 20,
+		Log:            zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		v.Close()
+	})
+	return &testVerifier{v: v, url: "https://" + ln.Addr().String(),
+		admin: transport.NewHTTPClient(transport.ClientConfig(&cl.Cert, cl.Pool), 5*time.Second)}
+}
+
+func (tv *testVerifier) do(t *testing.T, method, path, body string) (int, api.Response) {
+	t.Helper()
+	req, err := http.NewRequest(method, tv.url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := tv.admin.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var env api.Response
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &env); err != nil {
+			t.Fatalf("%s %s: non-JSON answer %q", method, path, raw)
+		}
+	}
+	return resp.StatusCode, env
+}
+
+func (tv *testVerifier) dump(t *testing.T) []byte {
+	t.Helper()
+	kvs, err := tv.v.db.List(bucketAgents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	for _, kv := range kvs {
+		fmt.Fprintf(&b, "%s=%s\n", kv.Key, kv.Value)
+	}
+	return b.Bytes()
+}
+
+func selfSignedPEM(t *testing.T) string {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "agent"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+func fixtureB64(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+const zero32 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// TestMalformedAddRequests: every broken request gets a 4xx naming the problem and changes nothing.
+func TestMalformedAddRequests(t *testing.T) {
+	tv := startVerifier(t)
+	cert := selfSignedPEM(t)
+	ak := fixtureB64(t, "ak-rsa.tpm2b")
+	ek := fixtureB64(t, "ek-rsa.tpm2b")
+	base := func() map[string]any {
+		return map[string]any{
+			"v": nil, "cloudagent_ip": "127.0.0.1", "cloudagent_port": 1,
+			"tpm_policy": `{"15": ["` + zero32 + `"]}`, "runtime_policy": "", "mb_policy": nil, "mb_policy_name": "",
+			"ima_sign_verification_keys": "", "metadata": "{}", "revocation_key": "",
+			"accept_tpm_hash_algs": []string{"sha256"}, "accept_tpm_encryption_algs": []string{"rsa"},
+			"accept_tpm_signing_algs": []string{"rsassa"}, "ak_tpm": ak, "mtls_cert": cert, "supported_version": "2.1",
+		}
+	}
+	with := func(k string, v any) string {
+		m := base()
+		if v == nil {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+		b, _ := json.Marshal(m)
+		return string(b)
+	}
+	// One good agent, stopped so that its record stays put while we compare the store.
+	if code, env := tv.do(t, "POST", "/v2.1/agents/existing", with("cloudagent_ip", "127.0.0.1")); code != 200 {
+		t.Fatalf("good add: %d %s", code, env.Status)
+	}
+	if code, _ := tv.do(t, "PUT", "/v2.1/agents/existing/stop", ""); code != 200 {
+		t.Fatalf("stop: %d", code)
+	}
+	before := tv.dump(t)
+	for _, tc := range []struct {
+		name, method, path, body string
+		code                     int
+		msg                      string
+	}{
+		{"not JSON", "POST", "/v2.1/agents/a1", "{", 400, "invalid JSON"},
+		{"empty body", "POST", "/v2.1/agents/a1", "", 400, "empty"},
+		{"array body", "POST", "/v2.1/agents/a1", "[]", 400, "invalid JSON"},
+		{"tpm_policy not a string", "POST", "/v2.1/agents/a1", with("tpm_policy", map[string]any{"15": zero32}), 400, `"tpm_policy"`},
+		{"tpm_policy bad JSON", "POST", "/v2.1/agents/a1", with("tpm_policy", "{15:"), 400, "tpm_policy"},
+		{"tpm_policy names PCR 16", "POST", "/v2.1/agents/a1", with("tpm_policy", `{"16": ["`+zero32+`"]}`), 400, "PCR 16"},
+		{"tpm_policy names PCR 10", "POST", "/v2.1/agents/a1", with("tpm_policy", `{"10": ["`+zero32+`"]}`), 400, "PCR 10"},
+		{"tpm_policy bad digest", "POST", "/v2.1/agents/a1", with("tpm_policy", `{"15": ["abc"]}`), 400, "digest"},
+		{"ak_tpm missing", "POST", "/v2.1/agents/a1", with("ak_tpm", nil), 400, "ak_tpm is required"},
+		{"ak_tpm bad base64", "POST", "/v2.1/agents/a1", with("ak_tpm", "***"), 400, "invalid ak_tpm"},
+		{"ak_tpm garbage", "POST", "/v2.1/agents/a1", with("ak_tpm", base64.StdEncoding.EncodeToString([]byte("garbage garbage"))), 400, "invalid ak_tpm"},
+		{"ak_tpm is an EK", "POST", "/v2.1/agents/a1", with("ak_tpm", ek), 400, "refused ak_tpm"},
+		{"mtls_cert missing", "POST", "/v2.1/agents/a1", with("mtls_cert", nil), 400, "mTLS certificate for agent is required"},
+		{"mtls_cert disabled", "POST", "/v2.1/agents/a1", with("mtls_cert", "disabled"), 400, "mTLS certificate for agent is required"},
+		{"mtls_cert garbage", "POST", "/v2.1/agents/a1", with("mtls_cert", "not a cert"), 400, "invalid mtls_cert"},
+		{"cloudagent_ip missing", "POST", "/v2.1/agents/a1", with("cloudagent_ip", nil), 400, "cloudagent_ip"},
+		{"cloudagent_ip invalid", "POST", "/v2.1/agents/a1", with("cloudagent_ip", "no such host!"), 400, "cloudagent_ip"},
+		{"cloudagent_port missing", "POST", "/v2.1/agents/a1", with("cloudagent_port", nil), 400, "cloudagent_port"},
+		{"cloudagent_port out of range", "POST", "/v2.1/agents/a1", with("cloudagent_port", 99999), 400, "out of range"},
+		{"cloudagent_port wrong type", "POST", "/v2.1/agents/a1", with("cloudagent_port", []int{1}), 400, "port"},
+		{"v not base64", "POST", "/v2.1/agents/a1", with("v", "%%%"), 400, "v must be base64"},
+		{"v wrong length", "POST", "/v2.1/agents/a1", with("v", base64.StdEncoding.EncodeToString([]byte("short"))), 400, "16 or 32"},
+		{"runtime_policy not base64", "POST", "/v2.1/agents/a1", with("runtime_policy", "!!"), 400, "runtime_policy"},
+		{"runtime_policy not JSON", "POST", "/v2.1/agents/a1", with("runtime_policy", base64.StdEncoding.EncodeToString([]byte("nope"))), 400, "runtime_policy"},
+		{"mb_policy not JSON", "POST", "/v2.1/agents/a1", with("mb_policy", "{"), 400, "mb_policy"},
+		{"metadata not JSON", "POST", "/v2.1/agents/a1", with("metadata", "{"), 400, "metadata"},
+		{"accept list wrong type", "POST", "/v2.1/agents/a1", with("accept_tpm_hash_algs", "sha256"), 400, "accept_tpm_hash_algs"},
+		{"oversized body", "POST", "/v2.1/agents/a1", with("metadata", `"`+strings.Repeat("a", 2<<20)+`"`), 413, "too large"},
+		{"bad agent id", "POST", "/v2.1/agents/a%20b", with("metadata", "{}"), 400, "invalid agent id"},
+		{"duplicate agent", "POST", "/v2.1/agents/existing", with("metadata", "{}"), 409, "already exists"},
+		{"unknown version", "POST", "/v3.7/agents/a1", with("metadata", "{}"), 400, "API version not supported"},
+		{"get unknown agent", "GET", "/v2.1/agents/nobody", "", 404, "agent id not found"},
+		{"delete unknown agent", "DELETE", "/v2.1/agents/nobody", "", 404, "agent id not found"},
+		{"reactivate unknown agent", "PUT", "/v2.1/agents/nobody/reactivate", "", 404, "agent id not found"},
+		{"wrong method", "PATCH", "/v2.1/agents/existing", "", 405, "not allowed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, env := tv.do(t, tc.method, tc.path, tc.body)
+			if code != tc.code || !strings.Contains(env.Status, tc.msg) {
+				t.Errorf("got %d %q, want %d with %q", code, env.Status, tc.code, tc.msg)
+			}
+			if after := tv.dump(t); !bytes.Equal(before, after) {
+				t.Errorf("store changed:\n%s\n%s", before, after)
+			}
+		})
+	}
+}
