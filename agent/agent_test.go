@@ -1,0 +1,190 @@
+package agent
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/testbed"
+	"github.com/keylime-go/keylime/tpm"
+	"github.com/keylime-go/keylime/tpm/device"
+)
+
+// newTestAgent builds an agent on a fresh swtpm (no registrar: these tests only use its API).
+func newTestAgent(t testing.TB, ekAlg, akAlg device.KeyAlg) *Agent {
+	t.Helper()
+	sw := testbed.StartSWTPM(t)
+	dev, err := device.Open(sw.Spec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	dir := t.TempDir()
+	ima := filepath.Join(dir, "ima")
+	if err := os.WriteFile(ima, []byte("10 a ima-ng sha256:00 /one\n10 b ima-ng sha256:00 /two\n10 c ima-ng sha256:00 /three\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "uefi"), []byte{1, 2, 3}, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{
+		TPM: dev, UUID: "generate", DataDir: filepath.Join(dir, "data"),
+		PayloadKeyPath: filepath.Join(dir, "nk.pem"), ServerKeyPath: filepath.Join(dir, "k.pem"), ServerCertPath: filepath.Join(dir, "c.pem"),
+		EnableMTLS: true, EKAlg: ekAlg, AKAlg: akAlg, HashAlg: "sha256",
+		IMALogPath: ima, MBLogPath: filepath.Join(dir, "uefi"),
+		ContactIP: "127.0.0.1", ContactPort: 9002, Log: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func get(t testing.TB, h http.Handler, path string) (int, api.Response) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	var env api.Response
+	if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil {
+		t.Fatalf("%s: %q", path, rec.Body)
+	}
+	return rec.Code, env
+}
+
+func TestQuoteAPI(t *testing.T) {
+	testbed.RequireSWTPM(t)
+	for _, tc := range []struct {
+		name         string
+		ekAlg, akAlg device.KeyAlg
+		signAlg      string
+	}{{"RSA", device.RSA, device.RSA, "rsassa"}, {"ECC", device.ECC, device.ECC, "ecdsa"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newTestAgent(t, tc.ekAlg, tc.akAlg)
+			h := a.Handler()
+			ak, err := tpm.ParsePublic(a.ak.PublicBytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Integrity quote of PCRs 0 and 15 with the NK, the IMA log from entry 1 and the UEFI log.
+			code, env := get(t, h, "/v2.6/quotes/integrity?nonce=abcdefghij0123456789&mask=0x8001&partial=0&ima_ml_entry=1")
+			if code != 200 {
+				t.Fatalf("%d %s", code, env.Status)
+			}
+			var q api.QuoteResponse
+			if err := env.Decode(&q); err != nil {
+				t.Fatal(err)
+			}
+			quote, err := tpm.ParseQuote(q.Quote)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, err := tpm.VerifyQuote(quote, ak, []byte("abcdefghij0123456789"), "sha256")
+			if err != nil {
+				t.Fatalf("our own quote does not verify: %v", err)
+			}
+			if len(data.PCRs) != 3 || data.PCRs[0] == nil || data.PCRs[15] == nil || data.PCRs[16] == nil {
+				t.Errorf("quoted PCRs %v, want 0, 15, 16", data.PCRs)
+			}
+			want16, _ := tpm.DataPCRValue("sha256", []byte(q.PubKey))
+			if string(data.PCRs[16]) != string(want16) || !strings.HasPrefix(q.PubKey, "-----BEGIN PUBLIC KEY-----") {
+				t.Errorf("PCR 16 does not bind the returned NK")
+			}
+			if q.HashAlg != "sha256" || q.SignAlg != tc.signAlg || q.IMAMeasurementListEntry == nil || *q.IMAMeasurementListEntry != 1 ||
+				q.IMAMeasurementList == nil || !strings.HasPrefix(*q.IMAMeasurementList, "10 b ") {
+				t.Errorf("response = %+v", q)
+			}
+			if q.MBMeasurementList == nil || *q.MBMeasurementList != base64.StdEncoding.EncodeToString([]byte{1, 2, 3}) {
+				t.Errorf("mb_measurement_list = %v", q.MBMeasurementList)
+			}
+			// partial=1: no NK; mask without PCR 0: no UEFI log; entry beyond the log: whole log from 0.
+			_, env = get(t, h, "/v2.1/quotes/integrity?nonce=x1&mask=0x0&partial=1&ima_ml_entry=99")
+			q = api.QuoteResponse{}
+			_ = env.Decode(&q)
+			if q.PubKey != "" || q.MBMeasurementList != nil || *q.IMAMeasurementListEntry != 0 || !strings.HasPrefix(*q.IMAMeasurementList, "10 a ") {
+				t.Errorf("partial response = %+v", q)
+			}
+			if tc.ekAlg == device.RSA && q.EncAlg != "rsa" {
+				t.Errorf("API 2.1 enc_alg = %q, want rsa", q.EncAlg)
+			}
+			// Identity quote: PCR 16 only, always with the NK.
+			_, env = get(t, h, "/v2.6/quotes/identity?nonce=n0nce")
+			q = api.QuoteResponse{}
+			_ = env.Decode(&q)
+			quote, _ = tpm.ParseQuote(q.Quote)
+			if data, err := tpm.VerifyQuote(quote, ak, []byte("n0nce"), "sha256"); err != nil || len(data.PCRs) != 1 || q.PubKey == "" {
+				t.Errorf("identity quote: %v %v", err, data)
+			}
+		})
+	}
+}
+
+func TestQuoteAPIValidation(t *testing.T) {
+	testbed.RequireSWTPM(t)
+	a := newTestAgent(t, device.ECC, device.ECC)
+	h := a.Handler()
+	long := strings.Repeat("a", 65)
+	for _, tc := range []struct {
+		path string
+		code int
+		msg  string
+	}{
+		{"/v2.6/quotes/integrity?mask=0x1&partial=0", 400, "nonce"},
+		{"/v2.6/quotes/integrity?nonce=" + long + "&mask=0x1&partial=0", 400, "nonce"},
+		{"/v2.6/quotes/integrity?nonce=a-b&mask=0x1&partial=0", 400, "alphanumeric"},
+		{"/v2.6/quotes/integrity?nonce=ab&mask=zz&partial=0", 400, "mask"},
+		{"/v2.6/quotes/integrity?nonce=ab&mask=0x1000000&partial=0", 400, "mask"},
+		{"/v2.6/quotes/integrity?nonce=ab&mask=0x-1&partial=0", 400, "mask"},
+		{"/v2.6/quotes/integrity?nonce=ab&mask=0x1&partial=2", 400, "partial"},
+		{"/v2.6/quotes/integrity?nonce=ab&mask=0x1", 400, "partial"},
+		{"/v2.6/quotes/identity?nonce=", 400, "nonce"},
+		{"/v9.0/quotes/identity?nonce=ab", 400, "API version not supported"},
+		{"/v2.1/agent/info", 404, "not found"},
+		{"/v2.6/nothing", 404, "not found"},
+	} {
+		code, env := get(t, h, tc.path)
+		if code != tc.code || !strings.Contains(env.Status, tc.msg) {
+			t.Errorf("%s: %d %q, want %d with %q", tc.path, code, env.Status, tc.code, tc.msg)
+		}
+	}
+	code, env := get(t, h, "/v2.2/agent/info")
+	var info api.AgentInfo
+	if err := env.Decode(&info); code != 200 || err != nil || info.AgentUUID != a.UUID() || info.TPMSignAlg != "ecdsa" || info.TPMEncAlg != "ecc384" {
+		t.Errorf("agent/info: %d %+v", code, info)
+	}
+	code, env = get(t, h, "/version")
+	var v api.AgentVersion
+	if err := env.Decode(&v); code != 200 || err != nil || v.SupportedVersion != "2.6" || len(v.SupportedVersions) != 6 {
+		t.Errorf("version: %+v", v)
+	}
+}
+
+// BenchmarkIntegrityQuote measures the agent's quote path on swtpm (reset and extend PCR 16, quote,
+// PCR read, PCR blob, JSON), without HTTP and TLS.
+func BenchmarkIntegrityQuote(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		alg  device.KeyAlg
+	}{{"RSA", device.RSA}, {"ECC", device.ECC}} {
+		b.Run(tc.name, func(b *testing.B) {
+			testbed.RequireSWTPM(b)
+			a := newTestAgent(b, tc.alg, tc.alg)
+			a.cfg.IMALogPath = ""
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if _, err := a.quote("2.6", "abcdefghij0123456789", 0xffff&^(1<<10), false, -1); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/float64(b.N)/1000, "ms/quote")
+		})
+	}
+}
