@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -50,6 +51,9 @@ type CA struct {
 // ErrNoCA is returned by Load when the directory holds no CA.
 var ErrNoCA = errors.New("no CA in directory")
 
+// ErrExists is returned by Init when the directory already holds a CA.
+var ErrExists = errors.New("CA exists")
+
 // Kind says what an issued certificate is for.
 type Kind int
 
@@ -62,7 +66,7 @@ const (
 // Init creates a new CA in dir (0700); it refuses to overwrite an existing one.
 func Init(dir string, subj Subject) (*CA, error) {
 	if _, err := os.Stat(filepath.Join(dir, CACertFile)); err == nil {
-		return nil, fmt.Errorf("CA already exists in %s", dir)
+		return nil, fmt.Errorf("CA already exists in %s: %w", dir, ErrExists)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create CA dir: %w", err)
@@ -165,6 +169,19 @@ func (c *CA) Issue(name string, kind Kind, sans []string) (*x509.Certificate, er
 // Ensure makes dir hold a complete Keylime layout (CA, server and client pairs), creating what is missing;
 // it is what `tls_dir = "generate"` does on first start. It returns whether anything was created.
 func Ensure(dir string, subj Subject, serverSANs []string) (bool, error) {
+	// Roles started together (registrar and verifier on one machine) may both generate: one at a time.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return false, fmt.Errorf("create CA dir: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return false, fmt.Errorf("lock CA dir: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return false, fmt.Errorf("lock CA dir: %w", err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) //nolint:errcheck
 	c, err := Load(dir, subj)
 	created := false
 	if errors.Is(err, ErrNoCA) {
