@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/keylime-go/keylime/internal/ca"
 	"github.com/keylime-go/keylime/internal/client"
@@ -162,12 +163,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	return a.Serve(ctx, ln)
 }
 
-// Serve registers and then serves the agent API on ln until ctx ends.
+// Serve serves the agent API on ln and registers with the registrar at the same time, until ctx ends.
+// The API serves while the registrar is unreachable (a verifier that knows the agent keeps attesting it);
+// a refusal by the registrar stops the agent.
 func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	defer ln.Close()
-	if err := a.RegisterWithRetry(ctx); err != nil {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		err := a.RegisterWithRetry(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
-	}
+	})
+	g.Go(func() error { return a.serveAPI(ctx, ln) })
+	return g.Wait()
+}
+
+func (a *Agent) serveAPI(ctx context.Context, ln net.Listener) error {
 	var tlsConf *tls.Config
 	scheme := "http"
 	if a.tls != nil {
