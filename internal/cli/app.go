@@ -52,6 +52,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	var ec ucli.ExitCoder
 	if errors.As(err, &ec) {
+		if ec.ExitCode() == 3 { // urfave/cli's "No help topic for …": an unknown command
+			return ExitUsage
+		}
 		return ec.ExitCode()
 	}
 	return ExitFailure
