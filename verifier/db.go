@@ -22,6 +22,14 @@ var bucketAgents = store.Bucket{"agents"}
 
 var migrations = []store.Migration{
 	{Version: 1, Name: "create agents bucket", Apply: func(tx *store.Tx) error { return tx.CreateBucket(bucketAgents) }},
+	{Version: 2, Name: "create named policy buckets", Apply: func(tx *store.Tx) error {
+		for _, b := range []store.Bucket{kindRuntime.bucket(), kindMB.bucket(), bucketBlobs} {
+			if err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}},
 }
 
 // clockInfo is the TPM clock state of the last verified quote.
@@ -40,10 +48,14 @@ type record struct {
 	AKTPM    []byte `json:"ak_tpm"`
 	MTLSCert string `json:"mtls_cert"`
 
-	TPMPolicy     string `json:"tpm_policy"`
-	RuntimePolicy string `json:"runtime_policy,omitempty"`
-	MBPolicy      string `json:"mb_policy,omitempty"`
-	Metadata      string `json:"metadata"`
+	TPMPolicy string `json:"tpm_policy"`
+	// RuntimePolicyName and MBPolicyName name stored policies ("" for none); OwnsRuntimePolicy and
+	// OwnsMBPolicy mark a policy that came with the add request and goes with the agent.
+	RuntimePolicyName string `json:"runtime_policy_name,omitempty"`
+	MBPolicyName      string `json:"mb_policy_name,omitempty"`
+	OwnsRuntimePolicy bool   `json:"owns_runtime_policy,omitempty"`
+	OwnsMBPolicy      bool   `json:"owns_mb_policy,omitempty"`
+	Metadata          string `json:"metadata"`
 	RevocationKey string `json:"revocation_key,omitempty"`
 	// V is the verifier's half of the payload key, sent to the agent after the first good attestation.
 	V     []byte `json:"v,omitempty"`

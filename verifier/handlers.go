@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"regexp"
@@ -120,70 +121,99 @@ var (
 var hostPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
 
 // parseAdd validates an add-agent body into a record; nothing is stored.
-func (v *Verifier) parseAdd(id string, req *httpx.Request) (*record, error) {
+// policyAction is what an add request asks of the named policies: store raw under name, or (raw nil)
+// use the stored policy name.
+type policyAction struct {
+	kind  policyKind
+	name  string
+	raw   []byte
+	owned bool
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func (v *Verifier) parseAdd(id string, req *httpx.Request) (*record, []policyAction, error) {
+	var acts []policyAction
 	var body api.AddAgentRequest
 	if err := httpx.DecodeJSON(req, &body, v.cfg.MaxBody); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rec := &record{AgentID: id, State: api.StateStart}
 	if body.CloudAgentIP == "" || (net.ParseIP(body.CloudAgentIP) == nil && !hostPattern.MatchString(body.CloudAgentIP)) {
-		return nil, httpx.Errorf(http.StatusBadRequest, "cloudagent_ip %q is not an IP address or host name", body.CloudAgentIP)
+		return nil, nil, httpx.Errorf(http.StatusBadRequest, "cloudagent_ip %q is not an IP address or host name", body.CloudAgentIP)
 	}
 	if body.CloudAgentPort < 1 {
-		return nil, httpx.Errorf(http.StatusBadRequest, "cloudagent_port is required (1-65535)")
+		return nil, nil, httpx.Errorf(http.StatusBadRequest, "cloudagent_port is required (1-65535)")
 	}
 	rec.IP, rec.Port = body.CloudAgentIP, int(body.CloudAgentPort)
 	if body.AKTPM == "" {
-		return nil, httpx.Errorf(http.StatusBadRequest, "ak_tpm is required")
+		return nil, nil, httpx.Errorf(http.StatusBadRequest, "ak_tpm is required")
 	}
 	ak, err := tpm.ParsePublicBase64(body.AKTPM)
 	if err != nil {
-		return nil, httpx.BadRequest("invalid ak_tpm", err)
+		return nil, nil, httpx.BadRequest("invalid ak_tpm", err)
 	}
 	if err := tpm.CheckAK(ak); err != nil {
-		return nil, httpx.BadRequest("refused ak_tpm", err)
+		return nil, nil, httpx.BadRequest("refused ak_tpm", err)
 	}
 	rec.AKTPM = ak.Bytes
 	pol, err := policy.ParseTPMPolicy(body.TPMPolicy)
 	if err != nil {
-		return nil, httpx.BadRequest("invalid tpm_policy", err)
+		return nil, nil, httpx.BadRequest("invalid tpm_policy", err)
 	}
 	rec.TPMPolicy = pol.JSON()
 	if body.MTLSCert == nil || *body.MTLSCert == "" || *body.MTLSCert == "disabled" {
-		return nil, httpx.Errorf(http.StatusBadRequest, "mTLS certificate for agent is required!")
+		return nil, nil, httpx.Errorf(http.StatusBadRequest, "mTLS certificate for agent is required!")
 	}
 	if _, err := transport.ParseCertPEM(*body.MTLSCert); err != nil {
-		return nil, httpx.BadRequest("invalid mtls_cert", err)
+		return nil, nil, httpx.BadRequest("invalid mtls_cert", err)
 	}
 	rec.MTLSCert = *body.MTLSCert
 	if body.V != nil && *body.V != "" {
 		vb, err := base64.StdEncoding.DecodeString(*body.V)
 		if err != nil || (len(vb) != 16 && len(vb) != 32) {
-			return nil, httpx.Errorf(http.StatusBadRequest, "v must be base64 of a 16 or 32 byte key half")
+			return nil, nil, httpx.Errorf(http.StatusBadRequest, "v must be base64 of a 16 or 32 byte key half")
 		}
 		rec.V = vb
 	}
 	if body.RuntimePolicy != "" {
 		raw, err := base64.StdEncoding.DecodeString(body.RuntimePolicy)
 		if err != nil {
-			return nil, httpx.BadRequest("runtime_policy must be base64", err)
+			return nil, nil, httpx.BadRequest("runtime_policy must be base64", err)
 		}
-		if !json.Valid(raw) {
-			return nil, httpx.Errorf(http.StatusBadRequest, "runtime_policy is not JSON")
-		}
-		rec.RuntimePolicy = string(raw)
+		acts = append(acts, policyAction{kind: kindRuntime, name: deref(body.RuntimePolicyName), raw: raw})
+	} else if n := deref(body.RuntimePolicyName); n != "" {
+		acts = append(acts, policyAction{kind: kindRuntime, name: n})
 	}
 	if body.MBPolicy != nil && strings.TrimSpace(*body.MBPolicy) != "" {
-		if !json.Valid([]byte(*body.MBPolicy)) {
-			return nil, httpx.Errorf(http.StatusBadRequest, "mb_policy is not JSON")
+		acts = append(acts, policyAction{kind: kindMB, name: deref(body.MBPolicyName), raw: []byte(*body.MBPolicy)})
+	} else if n := deref(body.MBPolicyName); n != "" {
+		acts = append(acts, policyAction{kind: kindMB, name: n})
+	}
+	for i := range acts {
+		a := &acts[i]
+		if a.name == "" {
+			// A policy sent without a name belongs to the agent: stored under its id, deleted with it.
+			a.name, a.owned = id, true
+		} else if !policyNamePattern.MatchString(a.name) {
+			return nil, nil, httpx.Errorf(http.StatusBadRequest, "invalid %s policy name %q", a.kind, a.name)
 		}
-		rec.MBPolicy = *body.MBPolicy
+		if a.kind == kindRuntime {
+			rec.RuntimePolicyName, rec.OwnsRuntimePolicy = a.name, a.owned
+		} else {
+			rec.MBPolicyName, rec.OwnsMBPolicy = a.name, a.owned
+		}
 	}
 	rec.Metadata = body.Metadata
 	if rec.Metadata == "" {
 		rec.Metadata = "{}"
 	} else if !json.Valid([]byte(rec.Metadata)) {
-		return nil, httpx.Errorf(http.StatusBadRequest, "metadata must be a JSON text")
+		return nil, nil, httpx.Errorf(http.StatusBadRequest, "metadata must be a JSON text")
 	}
 	rec.RevocationKey = body.RevocationKey
 	rec.AcceptHashAlgs = orDefault(body.AcceptTPMHashAlgs, defaultHashAlgs)
@@ -193,7 +223,7 @@ func (v *Verifier) parseAdd(id string, req *httpx.Request) (*record, error) {
 	if !api.IsSupported(rec.SupportedVersion) {
 		rec.SupportedVersion = api.CurrentVersion
 	}
-	return rec, nil
+	return rec, acts, nil
 }
 
 func orDefault(s, def []string) []string {
@@ -208,7 +238,7 @@ func (v *Verifier) add(req *httpx.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec, err := v.parseAdd(id, req)
+	rec, acts, err := v.parseAdd(id, req)
 	if err != nil {
 		return nil, err
 	}
@@ -225,16 +255,46 @@ func (v *Verifier) add(req *httpx.Request) (any, error) {
 	if v.agents[id] != nil {
 		return nil, httpx.Errorf(http.StatusConflict, "agent of uuid %s already exists", id)
 	}
-	err = v.db.Update(func(tx *store.Tx) error { return tx.CompareAndSwap(bucketAgents, []byte(id), nil, raw) })
+	published := make([]*compiledPolicy, len(acts))
+	err = v.db.Update(func(tx *store.Tx) error {
+		if err := tx.CompareAndSwap(bucketAgents, []byte(id), nil, raw); err != nil {
+			return err
+		}
+		for i, a := range acts {
+			if a.raw == nil {
+				if _, err := tx.Get(a.kind.bucket(), []byte(a.name)); err != nil {
+					return fmt.Errorf("%w: %s policy %s", errPolicyMissing, a.kind, a.name)
+				}
+				continue
+			}
+			create := true
+			if a.owned { // a leftover policy of an earlier agent with this id is replaced
+				_, gerr := tx.Get(a.kind.bucket(), []byte(a.name))
+				create = gerr != nil
+			}
+			cp, err := v.putPolicy(tx, a.kind, a.name, a.raw, create)
+			if err != nil {
+				return err
+			}
+			published[i] = cp
+		}
+		return nil
+	})
 	if errors.Is(err, store.ErrConflict) {
 		return nil, httpx.Errorf(http.StatusConflict, "agent of uuid %s already exists", id)
 	}
 	if err != nil {
-		return nil, err
+		return nil, policyHTTPError(err)
+	}
+	for i, cp := range published {
+		if cp != nil {
+			v.publish(acts[i].kind, acts[i].name, cp)
+		}
 	}
 	v.agents[id] = st
 	v.startPolling(st)
-	v.log.Info().Str("agent", id).Str("ip", rec.IP).Int("port", rec.Port).Str("tpm_policy", rec.TPMPolicy).Msg("agent added")
+	v.log.Info().Str("agent", id).Str("ip", rec.IP).Int("port", rec.Port).Str("tpm_policy", rec.TPMPolicy).
+		Str("runtime_policy", rec.RuntimePolicyName).Str("mb_policy", rec.MBPolicyName).Msg("agent added")
 	return nil, nil
 }
 
@@ -248,8 +308,30 @@ func (v *Verifier) delete(req *httpx.Request) (any, error) {
 	st.mu.Lock()
 	st.deleted = true
 	st.mu.Unlock()
-	if err := v.db.Delete(bucketAgents, []byte(id)); err != nil && !errors.Is(err, store.ErrNotFound) {
+	st.mu.Lock()
+	rec := st.rec
+	st.mu.Unlock()
+	var dropped []policyAction
+	err = v.db.Update(func(tx *store.Tx) error {
+		if err := tx.Delete(bucketAgents, []byte(id)); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		for _, a := range []policyAction{{kind: kindRuntime, name: rec.RuntimePolicyName, owned: rec.OwnsRuntimePolicy}, {kind: kindMB, name: rec.MBPolicyName, owned: rec.OwnsMBPolicy}} {
+			if !a.owned {
+				continue
+			}
+			if err := v.deletePolicy(tx, a.kind, a.name); err != nil && !errors.Is(err, errPolicyMissing) && !errors.Is(err, errPolicyInUse) {
+				return err
+			}
+			dropped = append(dropped, a)
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
+	}
+	for _, a := range dropped {
+		v.unpublish(a.kind, a.name)
 	}
 	v.mu.Lock()
 	delete(v.agents, id)

@@ -110,10 +110,10 @@ func (v *Verifier) status(st *agentState) api.VerifierAgent {
 		Failures:                   r.Failures,
 		LastFailure:                r.LastFailure,
 	}
-	if r.MBPolicy != "" {
+	if r.MBPolicyName != "" {
 		a.HasMBRefstate = 1
 	}
-	if r.RuntimePolicy != "" {
+	if r.RuntimePolicyName != "" {
 		a.HasRuntimePolicy = 1
 	}
 	if r.LastEventID != "" {

@@ -61,6 +61,9 @@ type Verifier struct {
 
 	mu     sync.Mutex
 	agents map[string]*agentState
+	// policies are the named runtime and measured-boot policies, compiled once; compilers parse them.
+	policies  map[policyKind]*policySet
+	compilers map[policyKind]func([]byte) (any, error)
 	ctx    context.Context // set by Start; pollers run under it
 	wg     sync.WaitGroup
 }
@@ -89,7 +92,12 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}}
+	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{},
+		policies: map[policyKind]*policySet{}, compilers: defaultCompilers()}
+	if err := v.loadPolicies(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	kvs, err := db.List(bucketAgents)
 	if err != nil {
 		db.Close()
@@ -119,7 +127,7 @@ func (v *Verifier) Close() error {
 
 // Handler returns the HTTP API handler.
 func (v *Verifier) Handler() http.Handler {
-	return httpx.NewRouter(v.log, api.SupportedVersions, v.routes())
+	return httpx.NewRouter(v.log, api.SupportedVersions, append(v.routes(), v.policyRoutes()...))
 }
 
 // Run listens on Addr and serves and polls until ctx ends.

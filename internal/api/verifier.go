@@ -111,3 +111,38 @@ func AttestationStatus(state int) string {
 	}
 	return "PENDING"
 }
+
+// RuntimePolicyRequest is the body of POST/PUT /v2.x/allowlists/{name}: the runtime policy JSON, base64.
+type RuntimePolicyRequest struct {
+	TPMPolicy        *string `json:"tpm_policy,omitempty"`
+	RuntimePolicy    string  `json:"runtime_policy"`
+	RuntimePolicyKey *string `json:"runtime_policy_key,omitempty"`
+}
+
+// RuntimePolicy is GET /v2.x/allowlists/{name}; "tmp_policy" is upstream's spelling (always null).
+type RuntimePolicy struct {
+	Name          string  `json:"name"`
+	TmpPolicy     *string `json:"tmp_policy"`
+	RuntimePolicy string  `json:"runtime_policy"`
+}
+
+// RuntimePolicyList is GET /v2.x/allowlists/ (the key has a space, as upstream).
+type RuntimePolicyList struct {
+	Names []string `json:"runtimepolicy names"`
+}
+
+// MBPolicyRequest is the body of POST/PUT /v2.x/mbpolicies/{name}: the reference state as JSON text.
+type MBPolicyRequest struct {
+	MBPolicy string `json:"mb_policy"`
+}
+
+// MBPolicy is GET /v2.x/mbpolicies/{name}.
+type MBPolicy struct {
+	Name     string `json:"name"`
+	MBPolicy string `json:"mb_policy"`
+}
+
+// MBPolicyList is GET /v2.x/mbpolicies/.
+type MBPolicyList struct {
+	Names []string `json:"mbpolicy names"`
+}
