@@ -56,7 +56,7 @@ type record struct {
 	OwnsRuntimePolicy bool   `json:"owns_runtime_policy,omitempty"`
 	OwnsMBPolicy      bool   `json:"owns_mb_policy,omitempty"`
 	Metadata          string `json:"metadata"`
-	RevocationKey string `json:"revocation_key,omitempty"`
+	RevocationKey     string `json:"revocation_key,omitempty"`
 	// V is the verifier's half of the payload key, sent to the agent after the first good attestation.
 	V     []byte `json:"v,omitempty"`
 	VSent bool   `json:"v_sent,omitempty"`

@@ -64,8 +64,8 @@ type Verifier struct {
 	// policies are the named runtime and measured-boot policies, compiled once; compilers parse them.
 	policies  map[policyKind]*policySet
 	compilers map[policyKind]func([]byte) (any, error)
-	ctx    context.Context // set by Start; pollers run under it
-	wg     sync.WaitGroup
+	ctx       context.Context // set by Start; pollers run under it
+	wg        sync.WaitGroup
 }
 
 // New opens verifier.db and loads every agent.

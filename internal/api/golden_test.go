@@ -56,8 +56,8 @@ func TestGoldenWire(t *testing.T) {
 			LastEventID: ptr("pcr_validation.invalid_pcr_15"), AttestationCount: 3, LastReceivedQuote: 1700000003,
 			LastSuccessfulAttestation: 1700000002, AttestationStatus: "FAIL", AttestationPeriod: "2s",
 			MaximumAttestationInterval: "10s",
-			Failures: []FailureInfo{{EventID: "pcr_validation.invalid_pcr_15", Context: json.RawMessage(`{"pcr":15}`), Time: 1700000003}},
-			LastFailure: "pcr_validation.invalid_pcr_15: PCR value is not in allowlist, pcr=15",
+			Failures:                   []FailureInfo{{EventID: "pcr_validation.invalid_pcr_15", Context: json.RawMessage(`{"pcr":15}`), Time: 1700000003}},
+			LastFailure:                "pcr_validation.invalid_pcr_15: PCR value is not in allowlist, pcr=15",
 		})},
 		{"verifier_list", Success(VerifierList{UUIDs: [][]string{{"a"}, {"b"}}})},
 	} {
