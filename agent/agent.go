@@ -57,6 +57,10 @@ type Config struct {
 	HashAlg string
 	// IMALogPath and MBLogPath are the IMA ASCII log and the UEFI event log ("" or missing: none).
 	IMALogPath, MBLogPath string
+	// Payload configures the secure payload (SecureDir "" disables writing payloads).
+	Payload PayloadConfig
+	// Revocation configures revocation notifications.
+	Revocation RevocationConfig
 	// Registrar is the registrar client (plain HTTP port).
 	Registrar *client.Registrar
 	// RetryInterval is the first delay after a failed registration attempt; delays double up to RetryMax.
@@ -79,6 +83,10 @@ type Agent struct {
 
 	// quoteMu makes reset PCR 16, extend, quote one step: concurrent quotes must not interleave.
 	quoteMu sync.Mutex
+
+	boot          bootstrap
+	secureMounted bool // the tmpfs mount was attempted
+	tmpfs         bool // a tmpfs is mounted on the secure directory
 
 	negotiated bool
 	registered atomic.Bool
@@ -168,6 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // a refusal by the registrar stops the agent.
 func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	defer ln.Close()
+	defer a.unmountSecure()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		err := a.RegisterWithRetry(ctx)

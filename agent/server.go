@@ -29,12 +29,13 @@ func (a *Agent) routes() []httpx.Route {
 		{Method: http.MethodGet, Path: "/quotes/integrity", Handler: a.integrityQuote},
 		{Method: http.MethodGet, Path: "/keys/pubkey", Handler: a.pubkey},
 		{Method: http.MethodGet, Path: "/agent/info", MinVersion: "2.2", Handler: a.info},
+		{Method: http.MethodPost, Path: "/notifications/revocation", Handler: a.revocation},
 	}
 }
 
 // Handler returns the agent API handler.
 func (a *Agent) Handler() http.Handler {
-	return httpx.NewRouter(a.log, api.SupportedVersions, a.routes())
+	return httpx.NewRouter(a.log, api.SupportedVersions, append(a.routes(), a.keyRoutes()...))
 }
 
 func (a *Agent) version(*httpx.Request) (any, error) {

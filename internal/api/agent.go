@@ -32,3 +32,27 @@ type AgentInfo struct {
 type PubKey struct {
 	PubKey string `json:"pubkey"`
 }
+
+// UKeyRequest is POST keys/ukey from the tenant: U wrapped for the NK, HMAC-SHA384(K, agent id) and the
+// optional encrypted payload.
+type UKeyRequest struct {
+	AuthTag      string `json:"auth_tag"`
+	EncryptedKey string `json:"encrypted_key"`
+	Payload      string `json:"payload,omitempty"`
+}
+
+// VKeyRequest is POST keys/vkey from the verifier: V wrapped for the NK.
+type VKeyRequest struct {
+	EncryptedKey string `json:"encrypted_key"`
+}
+
+// VerifyResponse is GET keys/verify: hex HMAC-SHA384(K, challenge).
+type VerifyResponse struct {
+	HMAC string `json:"hmac"`
+}
+
+// RevocationRequest is POST notifications/revocation: the message text and its signature.
+type RevocationRequest struct {
+	Msg       string `json:"msg"`
+	Signature string `json:"signature"`
+}
