@@ -2,17 +2,23 @@ package verifier
 
 import (
 	"context"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/internal/payload"
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/policy"
 	"github.com/keylime-go/keylime/store"
@@ -79,6 +85,18 @@ func (v *Verifier) poll(ctx context.Context, st *agentState) {
 			retries = 0
 			needPubkey = false
 			wait = v.cfg.QuoteInterval
+			if done := v.provideV(ctx, st, &retries, log); !done {
+				if ctx.Err() != nil {
+					return
+				}
+				st.mu.Lock()
+				failed := st.rec.State == api.StateFailed
+				st.mu.Unlock()
+				if failed {
+					return
+				}
+				wait = v.retryDelay(retries)
+			}
 		case unreachable:
 			if retries >= v.cfg.MaxRetries {
 				log.Warn().Err(err).Int("retries", retries).Msg("agent unreachable; giving up")
@@ -172,6 +190,9 @@ func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bo
 	st.rec.HashAlg, st.rec.EncAlg, st.rec.SignAlg = q.HashAlg, q.EncAlg, q.SignAlg
 	st.rec.Clock, st.rec.HaveClock = res.clock, true
 	if res.nkPEM != "" {
+		if res.nkPEM != st.rec.NKPEM {
+			st.rec.VSent = false // a new NK (the agent restarted): V must be sent again
+		}
 		st.rec.NKPEM = res.nkPEM
 	}
 	changed := st.rec.State != api.StateGetQuote
@@ -219,6 +240,7 @@ func (v *Verifier) fail(st *agentState, state int, fails []policy.Failure) {
 	st.rec.SeverityLevel = &sev
 	st.mu.Unlock()
 	v.persist(st, true)
+	v.notifyFailure(st, state, fails)
 }
 
 // severityEmergency is the index of "emergency" in Keylime's default severity_labels; the default
@@ -281,4 +303,69 @@ func isCertError(err error) bool {
 	var he x509.HostnameError
 	return errors.Is(err, transport.ErrPinMismatch) || errors.As(err, &cve) || errors.As(err, &ua) ||
 		errors.As(err, &ci) || errors.As(err, &he)
+}
+
+// provideV sends V, wrapped for the agent's NK, after an attestation that passed every policy, unless it
+// was sent already. It returns false when V still has to be sent (unreachable: retry later), moving the
+// agent to Failed after max_retries.
+func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int, log zerolog.Logger) bool {
+	st.mu.Lock()
+	vHalf, sent, nkPEM := st.rec.V, st.rec.VSent, st.rec.NKPEM
+	st.mu.Unlock()
+	if vHalf == nil || sent {
+		return true
+	}
+	nk, err := parseRSAPublicPEM(nkPEM)
+	if err != nil {
+		v.fail(st, api.StateFailed, []policy.Failure{{EventID: "no_v", Context: map[string]any{"message": "the agent's NK is unusable: " + err.Error()}}})
+		return false
+	}
+	wrapped, err := payload.WrapKey(nil, nk, vHalf)
+	if err != nil {
+		v.fail(st, api.StateFailed, []policy.Failure{{EventID: "no_v", Context: map[string]any{"message": err.Error()}}})
+		return false
+	}
+	v.setState(st, api.StateProvideV)
+	rctx, cancel := context.WithTimeout(ctx, v.cfg.RequestTimeout)
+	err = st.client.PostVKey(rctx, wrapped)
+	cancel()
+	if err == nil {
+		st.mu.Lock()
+		st.rec.VSent = true
+		st.rec.State = api.StateGetQuote
+		st.mu.Unlock()
+		v.persist(st, true)
+		log.Info().Msg("V delivered to the agent")
+		*retries = 0
+		return true
+	}
+	if code := client.StatusCode(err); code != 0 && code < 500 && code != http.StatusRequestTimeout {
+		v.fail(st, api.StateFailed, []policy.Failure{{EventID: "no_v", Context: map[string]any{"message": "agent refused V: " + err.Error()}}})
+		return false
+	}
+	if *retries >= v.cfg.MaxRetries {
+		v.fail(st, api.StateFailed, []policy.Failure{{EventID: "not_reachable_v",
+			Context: map[string]any{"message": "could not deliver V after " + itoa(*retries) + " retries: " + err.Error()}}})
+		return false
+	}
+	*retries++
+	v.setState(st, api.StateProvideVRetry)
+	log.Info().Err(err).Int("retry", *retries).Msg("cannot deliver V; will retry")
+	return false
+}
+
+func parseRSAPublicPEM(s string) (*rsa.PublicKey, error) {
+	blk, _ := pem.Decode([]byte(s))
+	if blk == nil {
+		return nil, errors.New("not PEM")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("NK is %T, want RSA", k)
+	}
+	return rk, nil
 }

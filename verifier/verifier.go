@@ -8,6 +8,7 @@ package verifier
 import (
 	"context"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -48,6 +49,15 @@ type Config struct {
 	// MaxBody bounds request bodies (add-agent bodies carry policies; default 100 MiB as Keylime).
 	MaxBody int64
 
+	// RevocationKey signs revocation messages (an agent's own revocation_key, sent by its tenant, wins).
+	RevocationKey *rsa.PrivateKey
+	// NotifyAgents sends revocation messages to every other attested agent; WebhookURL (with
+	// WebhookClient) to a webhook. NotifyQueue bounds the messages waiting to be sent.
+	NotifyAgents  bool
+	WebhookURL    string
+	WebhookClient *http.Client
+	NotifyQueue   int
+
 	Log zerolog.Logger
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
@@ -66,6 +76,8 @@ type Verifier struct {
 	compilers map[policyKind]func([]byte) (any, error)
 	ctx       context.Context // set by Start; pollers run under it
 	wg        sync.WaitGroup
+	// notifier delivers revocation messages.
+	notifier *notifier
 }
 
 // New opens verifier.db and loads every agent.
@@ -87,6 +99,9 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 100 << 20
+	}
+	if cfg.WebhookClient == nil {
+		cfg.WebhookClient = transport.NewHTTPClient(nil, cfg.RequestTimeout)
 	}
 	db, err := store.Open(cfg.DBPath, store.Options{Owner: "verifier", Migrations: migrations})
 	if err != nil {
@@ -156,6 +171,12 @@ func (v *Verifier) start(ctx context.Context) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.ctx = ctx
+	v.notifier = newNotifier(v)
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		v.notifier.run(ctx)
+	}()
 	resumed := 0
 	for _, st := range v.agents {
 		if resumable(st.rec.State) {

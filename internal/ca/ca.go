@@ -8,6 +8,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -61,7 +62,14 @@ type Kind int
 const (
 	Server Kind = iota
 	Client
+	// Signer is an RSA-2048 signing certificate, such as the verifier's RevocationNotifier (revocation
+	// messages are signed with RSA-PSS).
+	Signer
 )
+
+// RevocationNotifier is the name of the verifier's revocation-signing pair in a CA directory, as Keylime
+// names it: RevocationNotifier-cert.crt and RevocationNotifier-private.pem.
+const RevocationNotifier = "RevocationNotifier"
 
 // Init creates a new CA in dir (0700); it refuses to overwrite an existing one.
 func Init(dir string, subj Subject) (*CA, error) {
@@ -128,7 +136,13 @@ func Load(dir string, subj Subject) (*CA, error) {
 // the CA. Server certificates carry the given DNS names and IP addresses (localhost and 127.0.0.1 are
 // always added).
 func (c *CA) Issue(name string, kind Kind, sans []string) (*x509.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	var key crypto.Signer
+	var err error
+	if kind == Signer {
+		key, err = rsa.GenerateKey(rand.Reader, 2048)
+	} else {
+		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -147,6 +161,8 @@ func (c *CA) Issue(name string, kind Kind, sans []string) (*x509.Certificate, er
 	case Client:
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 		addSANs(tmpl, sans)
+	case Signer:
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, key.Public(), c.key)
 	if err != nil {
@@ -196,7 +212,7 @@ func Ensure(dir string, subj Subject, serverSANs []string) (bool, error) {
 		name string
 		kind Kind
 		sans []string
-	}{{"server", Server, serverSANs}, {"client", Client, nil}} {
+	}{{"server", Server, serverSANs}, {"client", Client, nil}, {RevocationNotifier, Signer, nil}} {
 		if _, err := os.Stat(filepath.Join(dir, p.name+"-cert.crt")); err == nil {
 			continue
 		}

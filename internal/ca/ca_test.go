@@ -15,7 +15,7 @@ func TestEnsureLayoutAndIssue(t *testing.T) {
 	if err != nil || !created {
 		t.Fatalf("Ensure: %v %v", created, err)
 	}
-	for _, f := range []string{CACertFile, CAKeyFile, "server-cert.crt", "server-private.pem", "server-public.pem", "client-cert.crt", "client-private.pem"} {
+	for _, f := range []string{CACertFile, CAKeyFile, "server-cert.crt", "server-private.pem", "server-public.pem", "client-cert.crt", "client-private.pem", "RevocationNotifier-cert.crt", "RevocationNotifier-private.pem"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("missing %s", f)
 		}

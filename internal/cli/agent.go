@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -107,12 +108,19 @@ func runAgent(c *ucli.Context, e *env) error {
 		HashAlg:        ac.TPMHashAlg,
 		IMALogPath:     ac.IMAMLPath,
 		MBLogPath:      ac.MeasuredBootMLPath,
-		ContactIP:      ac.ContactIP,
-		ContactPort:    ac.ContactPort,
-		Registrar:      reg,
-		RetryInterval:  ac.RegistrationRetryInterval.D(),
-		RetryMax:       ac.RegistrationRetryMax.D(),
-		Log:            log,
+		Payload:        payloadConfig(ac),
+		Revocation: agent.RevocationConfig{
+			CertPath:            revocationCert(ac),
+			Actions:             ac.RevocationActions,
+			ActionsDir:          ac.RevocationActionsDir,
+			AllowPayloadActions: ac.AllowPayloadRevocationActions,
+		},
+		ContactIP:     ac.ContactIP,
+		ContactPort:   ac.ContactPort,
+		Registrar:     reg,
+		RetryInterval: ac.RegistrationRetryInterval.D(),
+		RetryMax:      ac.RegistrationRetryMax.D(),
+		Log:           log,
 	})
 	if err != nil {
 		return err
@@ -122,4 +130,29 @@ func runAgent(c *ucli.Context, e *env) error {
 	}
 	log.Info().Msg("agent stopped")
 	return nil
+}
+
+// payloadConfig maps the [agent] payload keys; without mTLS, payloads are refused unless
+// enable_insecure_payload.
+func payloadConfig(ac config.Agent) agent.PayloadConfig {
+	if !ac.EnableAgentMTLS && !ac.EnableInsecurePayload {
+		return agent.PayloadConfig{}
+	}
+	return agent.PayloadConfig{
+		SecureDir:      filepath.Join(ac.KeylimeDir, "secure"),
+		SecureSize:     ac.SecureSize,
+		MountTmpfs:     ac.MountSecureTmpfs,
+		EncKeyName:     ac.EncKeyname,
+		DecPayloadFile: ac.DecPayloadFile,
+		ExtractZip:     ac.ExtractPayloadZip,
+		Script:         ac.PayloadScript,
+		ScriptTimeout:  ac.PayloadScriptTimeout.D(),
+	}
+}
+
+func revocationCert(ac config.Agent) string {
+	if ac.RevocationCert == "default" || ac.RevocationCert == "" {
+		return ""
+	}
+	return config.Path(ac.KeylimeDir, ac.RevocationCert)
 }

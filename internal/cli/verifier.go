@@ -1,11 +1,16 @@
 package cli
 
 import (
+	"crypto/rsa"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/keylime-go/keylime/internal/ca"
 	"github.com/keylime-go/keylime/internal/config"
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/verifier"
@@ -37,6 +42,30 @@ func verifierCommand() *ucli.Command {
 			if err != nil {
 				return err
 			}
+			revKey, err := loadRevocationKey(srv.Dir)
+			if err != nil {
+				log.Warn().Err(err).Msg("no revocation signing key; revocation messages will be unsigned and agents will refuse them")
+			}
+			rv := e.cfg.Revocations
+			notifyAgents, webhook := false, false
+			for _, n := range rv.EnabledRevocationNotifications {
+				switch n {
+				case "agent":
+					notifyAgents = true
+				case "webhook":
+					webhook = true
+				case "zeromq":
+					log.Warn().Msg("revocations: zeromq is not supported; use agent or webhook")
+				default:
+					return usagef("revocations.enabled_revocation_notifications: unknown notifier %q (agent, webhook)", n)
+				}
+			}
+			if webhook && rv.WebhookURL == "" {
+				return usagef("revocations: webhook notifications need webhook_url")
+			}
+			if !webhook {
+				rv.WebhookURL = ""
+			}
 			dbPath := config.Path(vc.KeylimeDir, vc.Database)
 			log.Info().Str("ip", vc.IP).Int("port", vc.Port).Str("database", dbPath).Str("tls_dir", srv.Dir).
 				Dur("quote_interval", vc.QuoteInterval.D()).Dur("retry_interval", vc.RetryInterval.D()).
@@ -55,6 +84,11 @@ func verifierCommand() *ucli.Command {
 				ExponentialBackoff: vc.ExponentialBackoff,
 				RequestTimeout:     vc.RequestTimeout.D(),
 				MaxBody:            vc.MaxUploadSize,
+				RevocationKey:      revKey,
+				NotifyAgents:       notifyAgents,
+				WebhookURL:         rv.WebhookURL,
+				WebhookClient:      transport.NewHTTPClient(transport.ClientConfig(&cl.Cert, cl.Pool), vc.RequestTimeout.D()),
+				NotifyQueue:        rv.QueueSize,
 				Log:                log,
 			})
 			if err != nil {
@@ -68,4 +102,21 @@ func verifierCommand() *ucli.Command {
 			return nil
 		},
 	}
+}
+
+// loadRevocationKey reads the verifier's revocation-signing key from the CA directory.
+func loadRevocationKey(dir string) (*rsa.PrivateKey, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ca.RevocationNotifier+"-private.pem"))
+	if err != nil {
+		return nil, err
+	}
+	k, err := ca.ParseKeyPEM(b)
+	if err != nil {
+		return nil, err
+	}
+	rk, ok := k.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("revocation key is %T, want RSA", k)
+	}
+	return rk, nil
 }

@@ -79,3 +79,27 @@ func (c *Agent) Info(ctx context.Context) (*api.AgentInfo, error) {
 	}
 	return &i, nil
 }
+
+// PostUKey sends U, its auth_tag and the encrypted payload (tenant).
+func (c *Agent) PostUKey(ctx context.Context, req *api.UKeyRequest) error {
+	return c.do(ctx, http.MethodPost, c.path("/keys/ukey"), req, nil)
+}
+
+// PostVKey sends V wrapped for the agent's NK (verifier).
+func (c *Agent) PostVKey(ctx context.Context, wrapped string) error {
+	return c.do(ctx, http.MethodPost, c.path("/keys/vkey"), api.VKeyRequest{EncryptedKey: wrapped}, nil)
+}
+
+// VerifyKey asks keys/verify for HMAC(K, challenge).
+func (c *Agent) VerifyKey(ctx context.Context, challenge string) (string, error) {
+	var r api.VerifyResponse
+	if err := c.do(ctx, http.MethodGet, c.path("/keys/verify?challenge="+url.QueryEscape(challenge)), nil, &r); err != nil {
+		return "", err
+	}
+	return r.HMAC, nil
+}
+
+// Revoke posts a signed revocation message to the agent.
+func (c *Agent) Revoke(ctx context.Context, msg, signature string) error {
+	return c.do(ctx, http.MethodPost, c.path("/notifications/revocation"), api.RevocationRequest{Msg: msg, Signature: signature}, nil)
+}

@@ -31,6 +31,18 @@ type Config struct {
 	Verifier  Verifier  `toml:"verifier"`
 	Tenant    Tenant    `toml:"tenant"`
 	CA        CA        `toml:"ca"`
+	// Revocations configures the verifier's revocation notifications.
+	Revocations Revocations `toml:"revocations"`
+}
+
+// Revocations is the [revocations] section.
+type Revocations struct {
+	// EnabledRevocationNotifications lists the notifiers: "agent" (POST to the other agents) and
+	// "webhook" (POST to webhook_url).
+	EnabledRevocationNotifications []string `toml:"enabled_revocation_notifications"`
+	WebhookURL                     string   `toml:"webhook_url"`
+	// QueueSize bounds the notifications waiting to be sent; the oldest are dropped beyond it.
+	QueueSize int `toml:"queue_size"`
 }
 
 // Verifier is the [verifier] section.
@@ -117,6 +129,25 @@ type Agent struct {
 	IMAMLPath          string `toml:"ima_ml_path"`
 	MeasuredBootMLPath string `toml:"measuredboot_ml_path"`
 
+	// Secure payloads: decrypted into <keylime_dir>/secure (a tmpfs of secure_size when
+	// mount_secure_tmpfs and the agent may mount), then unzipped and payload_script run.
+	SecureSize            string   `toml:"secure_size"`
+	MountSecureTmpfs      bool     `toml:"mount_secure_tmpfs"`
+	EncKeyname            string   `toml:"enc_keyname"`
+	DecPayloadFile        string   `toml:"dec_payload_file"`
+	ExtractPayloadZip     bool     `toml:"extract_payload_zip"`
+	PayloadScript         string   `toml:"payload_script"`
+	PayloadScriptTimeout  Duration `toml:"payload_script_timeout"`
+	EnableInsecurePayload bool     `toml:"enable_insecure_payload"`
+
+	// Revocation notifications: messages must verify with revocation_cert ("default": the certificate
+	// delivered in the payload); then revocation_actions (looked up in revocation_actions_dir, and in the
+	// payload when allow_payload_revocation_actions) run with the message.
+	RevocationCert                string   `toml:"revocation_cert"`
+	RevocationActions             []string `toml:"revocation_actions"`
+	RevocationActionsDir          string   `toml:"revocation_actions_dir"`
+	AllowPayloadRevocationActions bool     `toml:"allow_payload_revocation_actions"`
+
 	// RegistrationRetryInterval is the first delay after a failed registration; it doubles up to
 	// RegistrationRetryMax and the agent retries for ever.
 	RegistrationRetryInterval Duration `toml:"registration_retry_interval"`
@@ -160,28 +191,38 @@ type CA struct {
 func Default() Config {
 	return Config{
 		Agent: Agent{
-			UUID:                      "hash_ek",
-			IP:                        "127.0.0.1",
-			Port:                      9002,
-			ContactIP:                 "127.0.0.1",
-			ContactPort:               9002,
-			RegistrarIP:               "127.0.0.1",
-			RegistrarPort:             8890,
-			KeylimeDir:                DefaultDir,
-			AgentDataPath:             "agent_data",
-			TPM:                       "/dev/tpmrm0",
-			TPMHashAlg:                "sha256",
-			TPMEncryptionAlg:          "rsa",
-			TPMSigningAlg:             "rsassa",
-			EnableAgentMTLS:           true,
-			ServerKey:                 "server-private.pem",
-			ServerCert:                "server-cert.crt",
-			TrustedClientCA:           "cv_ca/cacert.crt",
-			PayloadKey:                "payload-private.pem",
-			IMAMLPath:                 "/sys/kernel/security/ima/ascii_runtime_measurements",
-			MeasuredBootMLPath:        "/sys/kernel/security/tpm0/binary_bios_measurements",
-			RegistrationRetryInterval: Duration(time.Second),
-			RegistrationRetryMax:      Duration(time.Minute),
+			UUID:                          "hash_ek",
+			IP:                            "127.0.0.1",
+			Port:                          9002,
+			ContactIP:                     "127.0.0.1",
+			ContactPort:                   9002,
+			RegistrarIP:                   "127.0.0.1",
+			RegistrarPort:                 8890,
+			KeylimeDir:                    DefaultDir,
+			AgentDataPath:                 "agent_data",
+			TPM:                           "/dev/tpmrm0",
+			TPMHashAlg:                    "sha256",
+			TPMEncryptionAlg:              "rsa",
+			TPMSigningAlg:                 "rsassa",
+			EnableAgentMTLS:               true,
+			ServerKey:                     "server-private.pem",
+			ServerCert:                    "server-cert.crt",
+			TrustedClientCA:               "cv_ca/cacert.crt",
+			PayloadKey:                    "payload-private.pem",
+			IMAMLPath:                     "/sys/kernel/security/ima/ascii_runtime_measurements",
+			MeasuredBootMLPath:            "/sys/kernel/security/tpm0/binary_bios_measurements",
+			SecureSize:                    "1m",
+			MountSecureTmpfs:              true,
+			EncKeyname:                    "derived_tci_key",
+			DecPayloadFile:                "decrypted_payload",
+			ExtractPayloadZip:             true,
+			PayloadScript:                 "autorun.sh",
+			PayloadScriptTimeout:          Duration(time.Minute),
+			RevocationCert:                "default",
+			RevocationActionsDir:          "/usr/libexec/keylime",
+			AllowPayloadRevocationActions: true,
+			RegistrationRetryInterval:     Duration(time.Second),
+			RegistrationRetryMax:          Duration(time.Minute),
 		},
 		Registrar: Registrar{
 			IP:              "127.0.0.1",
@@ -233,6 +274,10 @@ func Default() Config {
 			RetryInterval:           Duration(2 * time.Second),
 			ExponentialBackoff:      true,
 			RequestTimeout:          Duration(60 * time.Second),
+		},
+		Revocations: Revocations{
+			EnabledRevocationNotifications: []string{"agent"},
+			QueueSize:                      1024,
 		},
 		CA: CA{
 			CertCountry:      "US",

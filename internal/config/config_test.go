@@ -45,6 +45,9 @@ func normalise(c Config) Config {
 	if len(c.Verifier.CertSubjectAlternativeNames) == 0 {
 		c.Verifier.CertSubjectAlternativeNames = nil
 	}
+	if len(c.Agent.RevocationActions) == 0 {
+		c.Agent.RevocationActions = nil
+	}
 	return c
 }
 
