@@ -342,3 +342,11 @@ func (a *Agent) unmountSecure() {
 		a.tmpfs = false
 	}
 }
+
+// BootstrapState reports what the key exchange has received: U from the tenant, how many V halves from
+// the verifier, and whether K was derived.
+func (a *Agent) BootstrapState() (haveU bool, vs int, haveK bool) {
+	a.boot.mu.Lock()
+	defer a.boot.mu.Unlock()
+	return a.boot.u != nil, len(a.boot.vs), a.boot.k != nil
+}

@@ -142,6 +142,10 @@ type AgentOptions struct {
 	Listener net.Listener
 	// IMALogPath and MBLogPath are the agent's IMA and UEFI logs ("" for none).
 	IMALogPath, MBLogPath string
+	// Payload and Revocation configure payload handling (a SecureDir under DataDir is set when empty)
+	// and revocation notifications.
+	Payload    agent.PayloadConfig
+	Revocation agent.RevocationConfig
 }
 
 // Agent is an agent process-in-a-goroutine with its swtpm.
@@ -176,6 +180,10 @@ func (s *System) NewAgent(opts AgentOptions) (*Agent, error) {
 	if opts.RegistrarURL == "" {
 		opts.RegistrarURL = s.RegistrarURL
 	}
+	if opts.Payload.SecureDir == "" {
+		opts.Payload = agent.PayloadConfig{SecureDir: filepath.Join(opts.DataDir, "secure"), EncKeyName: "derived_tci_key",
+			DecPayloadFile: "decrypted_payload", ExtractZip: true, Script: "autorun.sh", ScriptTimeout: 10 * time.Second}
+	}
 	dev, err := device.Open(opts.TPM.Spec())
 	if err != nil {
 		return nil, err
@@ -199,6 +207,8 @@ func (s *System) NewAgent(opts AgentOptions) (*Agent, error) {
 		HashAlg:        "sha256",
 		IMALogPath:     opts.IMALogPath,
 		MBLogPath:      opts.MBLogPath,
+		Payload:        opts.Payload,
+		Revocation:     opts.Revocation,
 		ContactIP:      "127.0.0.1",
 		ContactPort:    port,
 		Registrar:      client.NewRegistrar(transport.NewHTTPClient(nil, 10*time.Second), opts.RegistrarURL, api.CurrentVersion),

@@ -2,15 +2,18 @@ package e2e
 
 import (
 	"context"
+	"crypto/rsa"
 	"encoding/hex"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/ca"
 	"github.com/keylime-go/keylime/internal/client"
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/verifier"
@@ -21,6 +24,9 @@ type VerifierOptions struct {
 	QuoteInterval time.Duration // default 200 ms
 	RetryInterval time.Duration // default 100 ms
 	MaxRetries    int           // default 3
+	// Revocations: sign with the CA's RevocationNotifier key, notify agents and/or a webhook.
+	NotifyAgents bool
+	WebhookURL   string
 }
 
 // StartVerifier (re)starts the verifier on a new loopback port with the system's verifier.db.
@@ -54,6 +60,9 @@ func (s *System) StartVerifier(opts VerifierOptions) {
 		MaxRetries:         opts.MaxRetries,
 		ExponentialBackoff: false,
 		RequestTimeout:     5 * time.Second,
+		RevocationKey:      s.RevocationKey(),
+		NotifyAgents:       opts.NotifyAgents,
+		WebhookURL:         opts.WebhookURL,
 		Log:                s.Log.With().Str("role", "verifier").Logger(),
 	})
 	if err != nil {
@@ -167,4 +176,22 @@ func (a *Agent) PCRPolicy(pcrs ...int) (string, error) {
 		out += fmt.Sprintf("%q: [%q]", strconv.Itoa(p), hex.EncodeToString(vals[p]))
 	}
 	return out + "}", nil
+}
+
+// RevocationKey is the CA directory's RevocationNotifier key.
+func (s *System) RevocationKey() *rsa.PrivateKey {
+	b, err := os.ReadFile(filepath.Join(s.CADir, ca.RevocationNotifier+"-private.pem"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	k, err := ca.ParseKeyPEM(b)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return k.(*rsa.PrivateKey)
+}
+
+// RevocationCert is the path of the CA directory's RevocationNotifier certificate.
+func (s *System) RevocationCert() string {
+	return filepath.Join(s.CADir, ca.RevocationNotifier+"-cert.crt")
 }
