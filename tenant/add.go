@@ -57,7 +57,7 @@ type AddResult struct {
 	// RegCount is the registrar's registration count (above 1 is suspicious).
 	RegCount int `json:"regcount"`
 	// State is the agent's operational state name on the verifier right after the add.
-	State string `json:"operational_state"`
+	State string `json:"operational_state_name"`
 	// Warnings are the conditions worth a human's attention (also logged).
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -326,7 +326,7 @@ func (t *Tenant) post(ctx context.Context, id string, body *api.AddAgentRequest,
 }
 
 // pollInterval is how often WaitAttested asks the verifier.
-const pollInterval = 100 * time.Millisecond
+const pollInterval = 50 * time.Millisecond
 
 // WaitAttested polls the verifier until the agent has passed an attestation beyond the first after
 // ones (state Get Quote and attestation_count > after), or is in a failed state (ErrAgentFailed, with the

@@ -1,6 +1,7 @@
 package tenant
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -208,20 +209,38 @@ func FuzzCheckIdentityQuote(f *testing.F) {
 	ecc := loadFixture(f, "quote-ecc.json")
 	f.Add(ecc.Response.Quote, ecc.PubKey, ecc.Response.HashAlg)
 	f.Add("r::", "", "sha1")
+	genuine, _ := tpm.ParseQuote(rsa.Response.Quote)
+	want, err := checkIdentityQuote(&rsa.Response, ak, rsa.Nonce, defaultAccept)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, quote, pubkey, hashAlg string) {
 		q := rsa.Response
 		q.Quote, q.PubKey, q.HashAlg = quote, pubkey, hashAlg
-		_, err := checkIdentityQuote(&q, ak, rsa.Nonce, defaultAccept)
-		if err == nil && (quote != rsa.Response.Quote || pubkey != rsa.PubKey || hashAlg != rsa.Response.HashAlg) {
-			// Re-encodings of the same base64 bytes could pass; anything that passes must decode to the
-			// genuine quote and key.
-			pq, perr := tpm.ParseQuote(quote)
-			gq, _ := tpm.ParseQuote(rsa.Response.Quote)
-			if perr != nil || pq.String() != gq.String() || pubkey != rsa.PubKey {
-				t.Fatalf("accepted a forged identity quote: %q %q %q", quote, pubkey, hashAlg)
-			}
+		got, err := checkIdentityQuote(&q, ak, rsa.Nonce, defaultAccept)
+		if err != nil {
+			return
+		}
+		// Whatever passes must be the genuine quote: the same signed bytes, signature, PCR values and key
+		// (the PCR blob's unused slots carry no meaning and may differ).
+		pq, _ := tpm.ParseQuote(quote)
+		if !bytes.Equal(pq.Attest, genuine.Attest) || !bytes.Equal(pq.Signature, genuine.Signature) ||
+			pubkey != rsa.PubKey || hashAlg != rsa.Response.HashAlg || !samePCRs(got.PCRs, want.PCRs) {
+			t.Fatalf("accepted a forged identity quote: %q %q %q", quote, pubkey, hashAlg)
 		}
 	})
+}
+
+func samePCRs(a, b map[int][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !bytes.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
 }
 
 // FuzzBuildTPMPolicy: any text either fails with ErrBadTPMPolicy or gives a policy whose JSON the

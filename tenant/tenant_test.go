@@ -134,7 +134,7 @@ func TestAddAttestUpdateDelete(t *testing.T) {
 		t.Fatalf("add: %v", err)
 	}
 	added := time.Since(start)
-	// Poll tightly (WaitAttested polls every 100 ms) to measure add → first successful attestation.
+	// Poll tightly (WaitAttested polls every 50 ms) to measure add → first successful attestation.
 	var first time.Duration
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
 		if st, err := tn.CVStatus(ctx, id); err == nil && st.AttestationCount >= 1 {

@@ -91,6 +91,7 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			registrarCommand(),
 			verifierCommand(),
 			tenantCommand(),
+			caCommand(),
 			versionCommand(),
 		},
 		OnUsageError: func(_ *ucli.Context, err error, _ bool) error { return usageError{err} },
@@ -154,16 +155,3 @@ func versionCommand() *ucli.Command {
 		},
 	}
 }
-
-func notImplemented(name string) *ucli.Command {
-	return &ucli.Command{
-		Name:            name,
-		Usage:           "the " + name + " (not implemented yet)",
-		SkipFlagParsing: true,
-		Action: func(c *ucli.Context) error {
-			return ucli.Exit("keylime "+name+": not implemented yet", ExitFailure)
-		},
-	}
-}
-
-func tenantCommand() *ucli.Command   { return notImplemented("tenant") }
