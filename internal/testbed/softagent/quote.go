@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -48,6 +49,10 @@ type Tamper struct {
 // H(selected PCR values in ascending order)), the marshalled TPMT_SIGNATURE over H(attest), and the values
 // of the quoted PCRs. H is the AK's scheme hash, whatever the bank, as in a TPM. Successive quotes report
 // strictly increasing Clock values. Faults installed with SetTamper apply.
+//
+// The attestation is go-tpm's tpm2.TPMSAttest (what Tamper.EditAttest edits, then tpm2.Marshal encodes);
+// without EditAttest it is encoded by hand in one allocation, byte for byte what tpm2.Marshal and swtpm
+// produce (quote_test.go, fidelity_test.go), because go-tpm's reflection costs hundreds of allocations.
 func (t *TPM) Quote(nonce []byte, bank tpm2.TPMAlgID, pcrs []int) (attest, sig []byte, values map[int][]byte, err error) {
 	if len(nonce) > MaxNonce {
 		return nil, nil, nil, fmt.Errorf("softagent: quote: nonce of %d bytes, at most %d", len(nonce), MaxNonce)
@@ -67,54 +72,49 @@ func (t *TPM) Quote(nonce []byte, bank tpm2.TPMAlgID, pcrs []int) (attest, sig [
 		nonce = f.Nonce
 	}
 
-	values = make(map[int][]byte, len(pcrs))
-	digest := t.hash.New()
+	h := t.hash.New()
 	t.mu.Lock()
-	if _, err := t.pcr(bank, 0); err != nil {
+	size := 0
+	switch bank {
+	case tpm2.TPMAlgSHA1:
+		size = len(t.sha1[0])
+	case tpm2.TPMAlgSHA256:
+		size = len(t.sha256[0])
+	default:
 		t.mu.Unlock()
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("%w: bank %#x", ErrBadPCR, uint16(bank))
 	}
+	values = make(map[int][]byte, len(pcrs))
+	store := make([]byte, 0, len(pcrs)*size) // one allocation for all values
 	for p := range NumPCRs {
 		if mask&(1<<p) == 0 {
 			continue
 		}
 		v, _ := t.pcr(bank, p)
-		values[p] = append([]byte(nil), v...)
-		digest.Write(v)
+		store = append(store, v...)
+		values[p] = store[len(store)-size : len(store) : len(store)]
+		h.Write(v)
 	}
-	clock, firmware, qname := t.clockLocked(), t.firmware, t.qname
-	if clock.Clock <= t.lastClock {
+	q := quoteFields{qname: t.qname, nonce: nonce, clock: t.clockLocked(), firmware: t.firmware, bank: bank, mask: mask}
+	if q.clock.Clock <= t.lastClock {
 		// A real quote takes more than a millisecond: the TPM never reports one Clock twice.
-		clock.Clock = t.lastClock + 1
+		q.clock.Clock = t.lastClock + 1
 	}
-	t.lastClock = clock.Clock
+	t.lastClock = q.clock.Clock
 	t.mu.Unlock()
 	if f.Clock != nil {
-		clock = *f.Clock
+		q.clock = *f.Clock
 	}
+	var digestBuf [64]byte
+	q.digest = h.Sum(digestBuf[:0])
 
-	att := tpm2.TPMSAttest{
-		Magic:           tpm2.TPMGeneratedValue,
-		Type:            tpm2.TPMSTAttestQuote,
-		QualifiedSigner: tpm2.TPM2BName{Buffer: qname},
-		ExtraData:       tpm2.TPM2BData{Buffer: nonce},
-		ClockInfo: tpm2.TPMSClockInfo{
-			Clock: clock.Clock, ResetCount: clock.ResetCount, RestartCount: clock.RestartCount,
-			Safe: tpm2.TPMIYesNo(clock.Safe),
-		},
-		FirmwareVersion: firmware,
-		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
-			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
-				Hash:      bank,
-				PCRSelect: []byte{byte(mask), byte(mask >> 8), byte(mask >> 16)},
-			}}},
-			PCRDigest: tpm2.TPM2BDigest{Buffer: digest.Sum(nil)},
-		}),
-	}
 	if f.EditAttest != nil {
+		att := q.attest()
 		f.EditAttest(&att)
+		attest = tpm2.Marshal(att)
+	} else {
+		attest = q.marshal()
 	}
-	attest = tpm2.Marshal(att)
 	signer := t.key
 	if f.SignWith != nil {
 		signer = f.SignWith
@@ -137,33 +137,100 @@ func (t *TPM) Quote(nonce []byte, bank tpm2.TPMAlgID, pcrs []int) (attest, sig [
 func (t *TPM) sign(key crypto.Signer, data []byte) ([]byte, error) {
 	h := t.hash.New()
 	h.Write(data)
-	sum := h.Sum(nil)
+	var sumBuf [64]byte
+	sum := h.Sum(sumBuf[:0])
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
 		s, err := rsa.SignPKCS1v15(nil, k, t.hash, sum)
 		if err != nil {
 			return nil, fmt.Errorf("softagent: sign: %w", err)
 		}
-		return tpm2.Marshal(tpm2.TPMTSignature{
-			SigAlg: tpm2.TPMAlgRSASSA,
-			Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgRSASSA, &tpm2.TPMSSignatureRSA{
-				Hash: t.hashAlg, Sig: tpm2.TPM2BPublicKeyRSA{Buffer: s},
-			}),
-		}), nil
+		return marshalSignature(tpm2.TPMAlgRSASSA, t.hashAlg, s), nil
 	case *ecdsa.PrivateKey:
 		r, s, err := ecdsa.Sign(rand.Reader, k, sum)
 		if err != nil {
 			return nil, fmt.Errorf("softagent: sign: %w", err)
 		}
+		// The TPM pads r and s to the curve size.
 		size := (k.Curve.Params().BitSize + 7) / 8
-		return tpm2.Marshal(tpm2.TPMTSignature{
-			SigAlg: tpm2.TPMAlgECDSA,
-			Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
-				Hash:       t.hashAlg,
-				SignatureR: tpm2.TPM2BECCParameter{Buffer: r.FillBytes(make([]byte, size))},
-				SignatureS: tpm2.TPM2BECCParameter{Buffer: s.FillBytes(make([]byte, size))},
-			}),
-		}), nil
+		rs := make([]byte, 2*size)
+		return marshalSignature(tpm2.TPMAlgECDSA, t.hashAlg, r.FillBytes(rs[:size]), s.FillBytes(rs[size:])), nil
 	}
 	return nil, fmt.Errorf("%w: cannot sign with %T", ErrBadKey, key)
+}
+
+// marshalSignature encodes a TPMT_SIGNATURE: sigAlg, hashAlg, then each part as a TPM2B (RSASSA: the
+// signature; ECDSA: r and s). It equals tpm2.Marshal of the go-tpm structure (see quote_test.go).
+func marshalSignature(alg, hash tpm2.TPMAlgID, parts ...[]byte) []byte {
+	n := 4
+	for _, p := range parts {
+		n += 2 + len(p)
+	}
+	b := make([]byte, 0, n)
+	b = binary.BigEndian.AppendUint16(b, uint16(alg))
+	b = binary.BigEndian.AppendUint16(b, uint16(hash))
+	for _, p := range parts {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(p)))
+		b = append(b, p...)
+	}
+	return b
+}
+
+// quoteFields are the variable parts of a quote's TPMS_ATTEST.
+type quoteFields struct {
+	qname, nonce []byte
+	clock        ClockInfo
+	firmware     uint64
+	bank         tpm2.TPMAlgID
+	mask         uint32
+	digest       []byte
+}
+
+// attest returns the attestation as go-tpm's structure.
+func (q *quoteFields) attest() tpm2.TPMSAttest {
+	return tpm2.TPMSAttest{
+		Magic:           tpm2.TPMGeneratedValue,
+		Type:            tpm2.TPMSTAttestQuote,
+		QualifiedSigner: tpm2.TPM2BName{Buffer: q.qname},
+		ExtraData:       tpm2.TPM2BData{Buffer: q.nonce},
+		ClockInfo: tpm2.TPMSClockInfo{
+			Clock: q.clock.Clock, ResetCount: q.clock.ResetCount, RestartCount: q.clock.RestartCount,
+			Safe: tpm2.TPMIYesNo(q.clock.Safe),
+		},
+		FirmwareVersion: q.firmware,
+		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
+			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+				Hash:      q.bank,
+				PCRSelect: []byte{byte(q.mask), byte(q.mask >> 8), byte(q.mask >> 16)},
+			}}},
+			PCRDigest: tpm2.TPM2BDigest{Buffer: q.digest},
+		}),
+	}
+}
+
+// marshal encodes the attestation in one allocation; it equals tpm2.Marshal(q.attest()) (checked in
+// quote_test.go), which costs hundreds of allocations through reflection.
+func (q *quoteFields) marshal() []byte {
+	n := 4 + 2 + 2 + len(q.qname) + 2 + len(q.nonce) + 8 + 4 + 4 + 1 + 8 + 4 + 2 + 1 + 3 + 2 + len(q.digest)
+	b := make([]byte, 0, n)
+	b = binary.BigEndian.AppendUint32(b, uint32(tpm2.TPMGeneratedValue))
+	b = binary.BigEndian.AppendUint16(b, uint16(tpm2.TPMSTAttestQuote))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(q.qname)))
+	b = append(b, q.qname...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(q.nonce)))
+	b = append(b, q.nonce...)
+	b = binary.BigEndian.AppendUint64(b, q.clock.Clock)
+	b = binary.BigEndian.AppendUint32(b, q.clock.ResetCount)
+	b = binary.BigEndian.AppendUint32(b, q.clock.RestartCount)
+	safe := byte(0)
+	if q.clock.Safe {
+		safe = 1
+	}
+	b = append(b, safe)
+	b = binary.BigEndian.AppendUint64(b, q.firmware)
+	b = binary.BigEndian.AppendUint32(b, 1) // one PCR selection
+	b = binary.BigEndian.AppendUint16(b, uint16(q.bank))
+	b = append(b, 3, byte(q.mask), byte(q.mask>>8), byte(q.mask>>16))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(q.digest)))
+	return append(b, q.digest...)
 }

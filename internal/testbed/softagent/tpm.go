@@ -72,13 +72,13 @@ type ClockInfo struct {
 
 // TPM is a software TPM with one AK. It is safe for concurrent use.
 type TPM struct {
-	key      crypto.Signer
-	sigAlg   tpm2.TPMAlgID // RSASSA or ECDSA
-	hashAlg  tpm2.TPMAlgID // the AK scheme's hash: digests PCRs and attestations
-	hash     crypto.Hash
-	public   []byte // TPM2B_PUBLIC
-	name     []byte
-	qname    []byte
+	key     crypto.Signer
+	sigAlg  tpm2.TPMAlgID // RSASSA or ECDSA
+	hashAlg tpm2.TPMAlgID // the AK scheme's hash: digests PCRs and attestations
+	hash    crypto.Hash
+	public  []byte // TPM2B_PUBLIC
+	name    []byte
+	qname   []byte
 
 	mu        sync.Mutex
 	sha1      [NumPCRs][sha1.Size]byte
