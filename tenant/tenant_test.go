@@ -30,6 +30,7 @@ import (
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/policy"
 	"github.com/keylime-go/keylime/tenant"
+	"github.com/keylime-go/keylime/tpm/device"
 )
 
 // bed is a running system (CA, registrar, verifier) plus a cert store trusting the swtpm EK CA.
@@ -41,6 +42,7 @@ type bed struct {
 func newBed(t *testing.T) *bed {
 	t.Helper()
 	testbed.RequireSWTPM(t)
+	t.Parallel()
 	s := e2e.NewSystem(t)
 	s.StartVerifier(e2e.VerifierOptions{QuoteInterval: 200 * time.Millisecond})
 	return &bed{s: s}
@@ -203,6 +205,37 @@ func TestAddAttestUpdateDelete(t *testing.T) {
 	// Status still answers from the registrar.
 	if s, err := tn.Status(ctx, id); err != nil || s.Registrar == nil || s.Verifier != nil {
 		t.Errorf("status of a registered-only agent: %+v %v", s, err)
+	}
+}
+
+// TestAddECC: an agent with an ECC P-384 EK (certificate from the swtpm CA) and an ECC AK is accepted with
+// the default accept lists and attests.
+func TestAddECC(t *testing.T) {
+	b := newBed(t)
+	a := b.s.StartAgent(e2e.AgentOptions{EKAlg: device.ECC, AKAlg: device.ECC})
+	if _, err := b.s.WaitActive(a.UUID(), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	b.store = certStore(t, a.TPM.CACerts...)
+	tn := b.tenant(t)
+	ctx := ctxT(t, time.Minute)
+	res, err := tn.Add(ctx, tenant.AddOptions{AgentID: a.UUID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.EKCheck != tenant.EKVerified || res.EncAlg != "ecc384" || res.SignAlg != "ecdsa" {
+		t.Errorf("result %+v", res)
+	}
+	if _, err := tn.WaitAttested(ctxT(t, 10*time.Second), a.UUID(), 0); err != nil {
+		t.Fatal(err)
+	}
+	// With Keylime's exact spelling list, a P-384 EK is refused before anything reaches the verifier.
+	strict := b.tenant(t, func(c *tenant.Config) { c.AcceptEncAlgs = []string{"ecc256", "rsa2048"} })
+	if _, err := strict.Update(ctx, tenant.AddOptions{AgentID: a.UUID()}); !errors.Is(err, tenant.ErrIdentityQuote) || !strings.Contains(err.Error(), "ecc384") {
+		t.Fatalf("strict accept list: %v", err)
+	}
+	if _, err := tn.CVStatus(ctx, a.UUID()); err != nil {
+		t.Fatalf("a refused update removed the enrolment: %v", err)
 	}
 }
 
