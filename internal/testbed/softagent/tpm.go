@@ -42,7 +42,8 @@ const NumPCRs = 24
 // MaxNonce is the longest qualifying data Quote accepts (Keylime's MAX_NONCE_SIZE).
 const MaxNonce = 64
 
-// DefaultFirmwareVersion is the firmwareVersion a new TPM reports (swtpm 0.x reports a value of this form).
+// DefaultFirmwareVersion is the firmwareVersion a new TPM reports (an arbitrary vendor value; see
+// SetFirmwareVersion).
 const DefaultFirmwareVersion uint64 = 0x2019102300163636
 
 // akAttributes are the AK's TPMA_OBJECT: fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth |
