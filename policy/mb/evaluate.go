@@ -276,16 +276,36 @@ func isBootVarName(s string) bool {
 	return true
 }
 
-// sigAllowed reports whether s is one of refs (owner GUID in either byte order, data exactly).
-func sigAllowed(s Signature, refs []SigRef) bool {
-	data := hex.EncodeToString(s.Data)
+// sigSet indexes signatures by "owner|hex data", owner in canonical GUID form.
+type sigSet map[string]bool
+
+func sigKey(owner GUID, data string) string { return owner.String() + "|" + data }
+
+// refSigSet indexes reference-state signatures under both readings of their owner GUID text
+// (canonical, and storage byte order as tpm2-tools < 5.2 printed it), as Keylime accepts both.
+func refSigSet(refs []SigRef) sigSet {
+	set := sigSet{}
 	for _, r := range refs {
-		if r.Data == data && sameGUIDText(s.Owner.String(), r.Owner) {
-			return true
+		for _, g := range ownerReadings(r.Owner) {
+			set[sigKey(g, r.Data)] = true
 		}
 	}
-	return false
+	return set
 }
+
+// ownerReadings returns the GUIDs a SignatureOwner text may stand for.
+func ownerReadings(text string) []GUID {
+	g, err := ParseGUID(text)
+	if err != nil {
+		return nil
+	}
+	var swapped GUID // the text read as bytes in storage order
+	b, _ := hex.DecodeString(strings.ReplaceAll(text, "-", ""))
+	copy(swapped[:], b)
+	return []GUID{g, swapped}
+}
+
+func (s sigSet) has(sig Signature) bool { return s[sigKey(sig.Owner, hex.EncodeToString(sig.Data))] }
 
 func (ev *exampleEval) driverConfig(e *Event) {
 	v, err := e.Variable()
@@ -336,13 +356,15 @@ func (ev *exampleEval) driverConfig(e *Event) {
 			ev.fail(e, rule, "%v", err)
 			return
 		}
-		var have []Signature
+		have := sigSet{}
 		for _, l := range lists {
-			have = append(have, l.Signatures...)
+			for _, sig := range l.Signatures {
+				have[sigKey(sig.Owner, hex.EncodeToString(sig.Data))] = true
+			}
 		}
 		var missing []string
 		for _, r := range ev.ref.DBX {
-			if !slices.ContainsFunc(have, func(s Signature) bool { return sigAllowed(s, []SigRef{r}) }) {
+			if !slices.ContainsFunc(ownerReadings(r.Owner), func(g GUID) bool { return have[sigKey(g, r.Data)] }) {
 				missing = append(missing, r.Owner+":"+clip(r.Data, 64))
 			}
 		}
@@ -372,13 +394,14 @@ func (ev *exampleEval) keySubset(e *Event, v *Variable, rule string, refs []SigR
 		ev.fail(e, rule, "%v", err)
 		return
 	}
+	allowed := refSigSet(refs)
 	for _, l := range lists {
 		if !slices.Contains(types, l.Type) {
 			ev.fail(e, rule, "%s has a signature list of type %s, allowed are %v", v.Name, l.Type, types)
 			continue
 		}
 		for _, s := range l.Signatures {
-			if !sigAllowed(s, refs) {
+			if !allowed.has(s) {
 				ev.fail(e, rule, "%s has a key the reference state does not allow: owner %s data %s", v.Name, s.Owner, clip(hex.EncodeToString(s.Data), 64))
 			}
 		}
@@ -416,7 +439,7 @@ func (ev *exampleEval) authority(e *Event) {
 			ev.fail(e, rule, "%v", err)
 		case !authorityBound(e):
 			ev.fail(e, rule, "the digests are not the hash of the logged variable")
-		case !sigAllowed(s, ev.ref.VendorDB):
+		case !refSigSet(ev.ref.VendorDB).has(s):
 			ev.fail(e, rule, "vendor_db key owner %s data %s is not in the reference state's vendor_db", s.Owner, clip(hex.EncodeToString(s.Data), 64))
 		}
 	default:

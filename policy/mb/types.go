@@ -6,6 +6,7 @@ import (
 	_ "crypto/sha256"
 	_ "crypto/sha512"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -161,21 +162,17 @@ func (g GUID) bytesOrder() string {
 // ParseGUID parses the canonical text form of a GUID.
 func ParseGUID(s string) (GUID, error) {
 	var g GUID
-	var a uint32
-	var b, c uint16
-	var d [8]byte
-	s = strings.ToLower(s)
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
 		return g, fmt.Errorf("%q is not a GUID", s)
 	}
-	if _, err := fmt.Sscanf(s, "%08x-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		&a, &b, &c, &d[0], &d[1], &d[2], &d[3], &d[4], &d[5], &d[6], &d[7]); err != nil {
+	b, err := hex.DecodeString(s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36])
+	if err != nil {
 		return g, fmt.Errorf("%q is not a GUID", s)
 	}
-	binary.LittleEndian.PutUint32(g[0:4], a)
-	binary.LittleEndian.PutUint16(g[4:6], b)
-	binary.LittleEndian.PutUint16(g[6:8], c)
-	copy(g[8:], d[:])
+	// The first three fields are stored little-endian.
+	g[0], g[1], g[2], g[3] = b[3], b[2], b[1], b[0]
+	g[4], g[5], g[6], g[7] = b[5], b[4], b[7], b[6]
+	copy(g[8:], b[8:])
 	return g, nil
 }
 
