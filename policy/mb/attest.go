@@ -3,6 +3,7 @@ package mb
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 
 	"github.com/google/go-attestation/attest"
 	"github.com/google/go-tpm/tpm2"
@@ -26,7 +27,9 @@ func (attestBackend) parse(raw []byte) (bool, []tpm2.TPMAlgID, []Event, error) {
 		if legacy {
 			b = tpm2.TPMAlgSHA1
 		}
-		hdrBanks = append(hdrBanks, b)
+		if !slices.Contains(hdrBanks, b) {
+			hdrBanks = append(hdrBanks, b)
+		}
 	}
 	var events []Event
 	first := 1

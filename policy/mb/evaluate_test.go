@@ -462,3 +462,33 @@ func TestFailureContext(t *testing.T) {
 		t.Errorf("failure %+v", fails[0])
 	}
 }
+
+// TestOddLogs checks an unknown event type and an extra boot application: evaluation names them and
+// the generator explains what it could not express.
+func TestOddLogs(t *testing.T) {
+	raw := readFile(t, sbLog)
+	l := mustParse(t, raw)
+	_, ref := generated(t, sbLog)
+	events := cloneEvents(l.Events)
+	gpt := slices.IndexFunc(events, func(e Event) bool { return e.Type == EvEFIGPTEvent })
+	events[gpt].Type = 0x1234
+	mustFail(t, Evaluate(PolicyExample, ref, mustParse(t, encodeLog(t, raw, events))), "dispatch", "(5, 'EV_UNKNOWN_0x00001234')")
+
+	// A fourth, different boot application (e.g. a MokManager or fwupd run) after the kernel.
+	events = cloneEvents(l.Events)
+	last := slices.IndexFunc(events, func(e Event) bool { return e.Num == 93 }) // the kernel
+	extra := events[last]
+	extra.Digests = []Digest{{Bank: sha256Bank, Value: hashOf(sha256Bank, []byte("fwupd"))}}
+	events = slices.Insert(events, last+1, extra)
+	odd := mustParse(t, encodeLog(t, raw, events))
+	mustFail(t, Evaluate(PolicyExample, ref, odd), "kernels", "boot applications in PCR 4")
+	g, notes, err := Generate(odd, false)
+	if err != nil || g.Kernels[0].KernelAuthcode != ref.Kernels[0].KernelAuthcode {
+		t.Fatalf("generate: %v", err)
+	}
+	for _, want := range []string{"beyond shim, grub and kernel", "does not pass this log"} {
+		if !slices.ContainsFunc(notes, func(n string) bool { return strings.Contains(n, want) }) {
+			t.Errorf("no note with %q in %q", want, notes)
+		}
+	}
+}

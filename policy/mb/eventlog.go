@@ -107,6 +107,9 @@ func parseWith(be backend, raw []byte) (l *Log, err error) {
 	}()
 	legacy, hdrBanks, events, err := be.parse(raw)
 	if err != nil {
+		if looksLikeText(raw) {
+			return nil, fmt.Errorf("%w: the data looks like text, not a binary event log (binary_bios_measurements)", ErrInvalidLog)
+		}
 		if where := frameError(raw); where != "" {
 			return nil, fmt.Errorf("%w: %s (%v)", ErrInvalidLog, where, err)
 		}
@@ -158,6 +161,17 @@ func (l *Log) replay() {
 			l.Notes = append(l.Notes, fmt.Sprintf("%s: PCR index out of range 0-%d, not replayed", e.Describe(), numPCRs-1))
 		}
 	}
+}
+
+// looksLikeText reports whether the first bytes are printable ASCII, which no event header is.
+func looksLikeText(raw []byte) bool {
+	n := min(len(raw), 32)
+	for _, c := range raw[:n] {
+		if (c < 0x20 || c > 0x7e) && c != '\n' && c != '\r' && c != '\t' {
+			return false
+		}
+	}
+	return n >= 8
 }
 
 // numPCRs is the number of PCRs of a PC Client TPM.

@@ -197,8 +197,9 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"empty", nil, "empty"},
 		{"shorter than a header", good[:20], "shorter than one event header"},
-		{"text", readFile(t, "testdata/vm-ovmf-ima-ng/pcrs.txt"), "event 0 at offset 0: event data of"},
-		{"keylime bogus", readFile(t, "testdata/keylime/binary_bios_measurements-bogus"), "event 0 at offset 0"},
+		{"text", readFile(t, "testdata/vm-ovmf-ima-ng/pcrs.txt"), "looks like text"},
+		{"IMA log", readFile(t, "testdata/vm-ovmf-ima-ng/ascii_runtime_measurements"), "looks like text"},
+		{"keylime bogus", readFile(t, "testdata/keylime/binary_bios_measurements-bogus"), "looks like text"},
 		{"header only", good[:77], "no events"},
 		{"cut in event header", good[:77+6], "event 1 at offset 77: truncated header"},
 		{"cut in digest", good[:77+20], "event 1 at offset 77: truncated 20-byte digest"},
