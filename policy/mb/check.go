@@ -119,6 +119,18 @@ func Check(policyName string, ref *RefState, rawLog []byte, q Quote, evaluate bo
 	if err != nil {
 		return []policy.Failure{{EventID: "measured_boot.parser.eventlog", Recoverable: true, Context: map[string]any{"message": err.Error()}}}
 	}
+	return CheckParsed(policyName, ref, log, q, evaluate)
+}
+
+// CheckParsed is Check for a log the caller already parsed (to take its boot aggregates for IMA).
+func CheckParsed(policyName string, ref *RefState, log *Log, q Quote, evaluate bool) []policy.Failure {
+	if ref.Empty() {
+		return nil
+	}
+	toCheck, err := PCRsToCheck(policyName)
+	if err != nil {
+		return []policy.Failure{{EventID: "measured_boot.invalid_policy_name", Context: map[string]any{"message": err.Error()}}}
+	}
 	fails := log.CheckPCRs(q.Bank, q.PCRs, toCheck)
 	if !evaluate {
 		return fails
