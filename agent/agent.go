@@ -141,6 +141,11 @@ func New(cfg Config) (*Agent, error) {
 	if _, _, err := tpm.HashByName(a.cfg.HashAlg); err != nil {
 		return nil, fmt.Errorf("tpm_hash_alg: %w", err)
 	}
+	// A TPM signs a quote with the AK's own hash, and verifiers (ours and Keylime's) require it to equal
+	// the quoted bank's hash: the AK is SHA-256, so only the sha256 bank can be quoted.
+	if a.cfg.HashAlg != "sha256" {
+		return nil, fmt.Errorf("tpm_hash_alg %q: the AK signs with sha256, so only the sha256 bank can be quoted", a.cfg.HashAlg)
+	}
 	if cfg.EnableMTLS {
 		if a.tls, created, err = loadOrCreateMTLS(cfg.ServerKeyPath, cfg.ServerCertPath, a.uuid, []string{cfg.ContactIP}, cfg.Now()); err != nil {
 			return nil, err
