@@ -53,7 +53,7 @@ max_retries = 3
 keylime_dir = "$DIR"
 verifier_port = $VER_PORT
 registrar_port = $REG_TLS
-tpm_cert_store = "$DIR/tpm/ca"
+tpm_cert_store = "$DIR/certstore"
 
 [agent]
 keylime_dir = "$DIR/agent"
@@ -70,6 +70,9 @@ UUID=d432fbb3-d2f1-4a97-9ef7-75bd81c00000
 
 step "software TPM (swtpm) with EK certificates from a local CA"
 "$ROOT/scripts/swtpm.sh" start "$DIR/tpm"
+# The tenant's EK cert store: the local CA's root and the intermediate that signed the EK certificates.
+mkdir -p "$DIR/certstore"
+cp "$DIR/tpm/ca/swtpm-localca-rootca-cert.pem" "$DIR/tpm/ca/issuercert.pem" "$DIR/certstore/"
 
 wait_for() { # description, command…
 	local what=$1; shift
@@ -92,7 +95,7 @@ wait_for "agent registration" "$K" tenant regstatus -u "$UUID" --json
 "$K" tenant regstatus -u "$UUID"
 
 step "tenant add: EK certificate checked against the cert store, identity quote checked, policy on PCR 15"
-PCR15=$(tpm2_pcrread -T "swtpm:path=$DIR/tpm/swtpm.sock" sha256:15 | awk '/15 *:/{print tolower($3)}' | sed 's/^0x//')
+PCR15=$(tpm2_pcrread -T "swtpm:path=$DIR/tpm/swtpm.sock" sha256:15 | awk '/^ *15 *:/{print tolower($NF)}' | sed 's/^0x//')
 "$K" tenant add -u "$UUID" --tpm_policy "{\"15\": [\"$PCR15\"]}"
 sleep 2.5
 "$K" tenant status -u "$UUID"
