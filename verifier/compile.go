@@ -3,17 +3,18 @@ package verifier
 import (
 	"encoding/json"
 	"errors"
+	"github.com/keylime-go/keylime/policy/mb"
 )
 
 // defaultCompilers parse policy texts once when they are stored or loaded.
 func defaultCompilers() map[policyKind]func([]byte) (any, error) {
 	return map[policyKind]func([]byte) (any, error){
 		kindRuntime: compileJSON,
-		kindMB:      compileJSON,
+		kindMB:      func(raw []byte) (any, error) { return mb.ParseRefState(raw) },
 	}
 }
 
-// compileJSON accepts any JSON object (until the runtime and measured-boot policy engines are wired in).
+// compileJSON accepts any JSON object (until the runtime policy engine is wired in).
 func compileJSON(raw []byte) (any, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {

@@ -29,7 +29,8 @@ func TestNamedPolicies(t *testing.T) {
 		{"update", "PUT", "/v2.1/allowlists/web", rp, 201, "Created"},
 		{"bad base64", "POST", "/v2.1/allowlists/x", body(map[string]any{"runtime_policy": "%%"}), 400, "base64"},
 		{"bad name", "POST", "/v2.1/allowlists/a%20b", rp, 400, "invalid policy name"},
-		{"mb create", "POST", "/v2.3/mbpolicies/fw", body(map[string]any{"mb_policy": `{"has_secureboot": false}`}), 201, "Created"},
+		{"mb create", "POST", "/v2.3/mbpolicies/fw", body(map[string]any{"mb_policy": `{}`}), 201, "Created"},
+		{"mb refstate incomplete", "POST", "/v2.3/mbpolicies/half", body(map[string]any{"mb_policy": `{"has_secureboot": false}`}), 400, "scrtm_and_bios"},
 		{"mb before 2.3", "POST", "/v2.2/mbpolicies/fw", body(map[string]any{"mb_policy": `{}`}), 404, "not found"},
 		{"mb not JSON", "POST", "/v2.3/mbpolicies/bad", body(map[string]any{"mb_policy": `{`}), 400, "mb_policy"},
 	}
