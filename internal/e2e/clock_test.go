@@ -1,0 +1,54 @@
+package e2e
+
+import (
+	"context"
+	"encoding/base64"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/testbed/softagent"
+)
+
+// TestClockGoingBackwardsRefused: a software TPM (the only way to make a TPM's clock run backwards)
+// is attested, then reports an older clock: the verifier fails it with the clock check.
+func TestClockGoingBackwardsRefused(t *testing.T) {
+	s := NewSystem(t)
+	s.StartVerifier(VerifierOptions{QuoteInterval: 100 * time.Millisecond})
+	tp, err := softagent.NewTPM(softagent.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	sa, err := softagent.New(ln, softagent.Config{TPM: tp, ClientCAs: s.ClientTLS().Pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sa.Close() })
+	cert := string(sa.CertPEM())
+	empty := ""
+	req := &api.AddAgentRequest{
+		CloudAgentIP: "127.0.0.1", CloudAgentPort: api.Port(ln.Addr().(*net.TCPAddr).Port), TPMPolicy: "{}", MBPolicyName: &empty,
+		Metadata: "{}", AKTPM: base64.StdEncoding.EncodeToString(sa.AKPublic()), MTLSCert: &cert, SupportedVersion: api.CurrentVersion,
+	}
+	if err := s.Verifier.Add(context.Background(), sa.UUID(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WaitVerifier(sa.UUID(), 10*time.Second, Attested(2)); err != nil {
+		t.Fatal(err)
+	}
+	now := tp.Clock()
+	old := now
+	old.Clock = now.Clock / 2
+	sa.SetTamper(softagent.Tamper{Clock: &old})
+	st, err := s.WaitVerifier(sa.UUID(), 10*time.Second, InState(api.StateInvalidQuote))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LastEventID == nil || *st.LastEventID != "qoute_validation.clock_check" || !strings.Contains(st.LastFailure, "clock went backwards") {
+		t.Fatalf("failure = %v %q", st.LastEventID, st.LastFailure)
+	}
+}
+
