@@ -51,4 +51,3 @@ func TestClockGoingBackwardsRefused(t *testing.T) {
 		t.Fatalf("failure = %v %q", st.LastEventID, st.LastFailure)
 	}
 }
-
