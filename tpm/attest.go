@@ -27,8 +27,8 @@ type attestQuote struct {
 }
 
 type pcrSelection struct {
-	hash   tpm2.TPMAlgID
-	sel []byte
+	hash tpm2.TPMAlgID
+	sel  []byte
 }
 
 // signature is a decoded TPMT_SIGNATURE of scheme RSASSA, RSAPSS, ECDSA or another ECC scheme.

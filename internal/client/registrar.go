@@ -69,9 +69,18 @@ func (c *Registrar) Delete(ctx context.Context, id string) error {
 // sides speak. A registrar without /version (404) keeps the client's version; a registrar that shares no
 // version with us is an error.
 func (c *Registrar) Negotiate(ctx context.Context) (string, error) {
-	v, err := c.Version(ctx)
-	if StatusCode(err) == http.StatusNotFound {
-		return c.version, nil
+	return c.negotiate(ctx, "registrar")
+}
+
+// ErrNoCommonVersion means the two sides share no API version.
+var ErrNoCommonVersion = errors.New("no common API version")
+
+// negotiate implements Negotiate for the registrar and verifier, whose GET /version answers alike.
+func (b *base) negotiate(ctx context.Context, who string) (string, error) {
+	var v api.ServerVersion
+	err := b.do(ctx, http.MethodGet, b.url+"/version", nil, &v)
+	if code := StatusCode(err); code == http.StatusNotFound || code == http.StatusGone {
+		return b.version, nil
 	}
 	if err != nil {
 		return "", err
@@ -79,11 +88,8 @@ func (c *Registrar) Negotiate(ctx context.Context) (string, error) {
 	remote := append([]string{v.CurrentVersion}, v.SupportedVersions...)
 	best := api.Negotiate(remote, api.SupportedVersions)
 	if best == "" {
-		return "", fmt.Errorf("registrar speaks API %v, we speak %v: %w", remote, api.SupportedVersions, ErrNoCommonVersion)
+		return "", fmt.Errorf("%s speaks API %v, we speak %v: %w", who, remote, api.SupportedVersions, ErrNoCommonVersion)
 	}
-	c.version = best
+	b.version = best
 	return best, nil
 }
-
-// ErrNoCommonVersion means the two sides share no API version.
-var ErrNoCommonVersion = errors.New("no common API version")

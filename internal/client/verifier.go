@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"net/url"
 
@@ -29,20 +28,7 @@ func (c *Verifier) Version(ctx context.Context) (*api.ServerVersion, error) {
 // Negotiate switches the client to the newest API version both sides speak (a verifier without
 // /version keeps the client's version).
 func (c *Verifier) Negotiate(ctx context.Context) (string, error) {
-	v, err := c.Version(ctx)
-	if code := StatusCode(err); code == http.StatusNotFound || code == http.StatusGone {
-		return c.version, nil
-	}
-	if err != nil {
-		return "", err
-	}
-	remote := append([]string{v.CurrentVersion}, v.SupportedVersions...)
-	best := api.Negotiate(remote, api.SupportedVersions)
-	if best == "" {
-		return "", fmt.Errorf("verifier speaks API %v, we speak %v: %w", remote, api.SupportedVersions, ErrNoCommonVersion)
-	}
-	c.version = best
-	return best, nil
+	return c.negotiate(ctx, "verifier")
 }
 
 // Add adds an agent (POST /agents/{id}).
