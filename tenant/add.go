@@ -33,6 +33,9 @@ type AddOptions struct {
 	NoEKCheck bool
 	// AgentAPIVersion forces the agent API version instead of negotiating it (--agent-api-version).
 	AgentAPIVersion string
+	// Payload, when set, is delivered to the agent: sealed under a fresh key K, U sent to the agent now
+	// and V to the verifier, which releases it only after a good attestation (-f, --include).
+	Payload []byte
 }
 
 // AddResult reports what add or update checked and sent.
@@ -60,6 +63,8 @@ type AddResult struct {
 	State string `json:"operational_state_name"`
 	// Warnings are the conditions worth a human's attention (also logged).
 	Warnings []string `json:"warnings,omitempty"`
+	// Payload says a payload was sealed and U delivered (V went to the verifier).
+	Payload bool `json:"payload"`
 }
 
 // Add enrols an agent with the verifier, as Keylime's `tenant -c add` does without a payload:
@@ -191,11 +196,21 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 	res.HashAlg, res.EncAlg, res.SignAlg = q.HashAlg, q.EncAlg, q.SignAlg
 	t.cfg.Log.Debug().Str("agent", id).Str("hash_alg", q.HashAlg).Msg("identity quote verified")
 
+	var vB64 *string
+	if opts.Payload != nil {
+		v, err := t.sendU(ctx, ac, id, q.PubKey, opts.Payload)
+		if err != nil {
+			return nil, nil, err
+		}
+		vB64 = &v
+		res.Payload = true
+	}
+
 	vip, vport := hostPort(t.cfg.VerifierURL)
 	vp := api.Port(vport)
 	empty := ""
 	body := &api.AddAgentRequest{
-		V:                       nil, // no payload yet
+		V:                       vB64,
 		CloudAgentIP:            res.VerifierAgentIP,
 		CloudAgentPort:          api.Port(res.AgentPort),
 		VerifierIP:              &vip,

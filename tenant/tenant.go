@@ -85,6 +85,8 @@ type Tenant struct {
 	registrar   *client.Registrar
 	vNegotiated bool
 	rNegotiated bool
+	// keys are the payload keys K this tenant sent, by agent, for VerifyPayload.
+	keys map[string][]byte
 }
 
 // New checks cfg and returns a tenant.

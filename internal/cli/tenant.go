@@ -1,12 +1,16 @@
 package cli
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -123,6 +127,9 @@ func addFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: "cv_targethost", Usage: "the agent's address as the verifier should use it, if not --targethost"},
 		&ucli.StringFlag{Name: "tpm_policy", Usage: `static PCR policy, e.g. '{"15": ["<sha256 hex>"]}' (the mask is computed)`},
 		&ucli.BoolFlag{Name: "no-ek-check", Usage: "do not check the EK certificate (insecure: the TPM's identity is not established)"},
+		&ucli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "payload file delivered to the agent once it attested (encrypted; V released by the verifier)"},
+		&ucli.StringFlag{Name: "include", Usage: "directory zipped into the payload (an autorun.sh in it runs on the agent)"},
+		&ucli.BoolFlag{Name: "verify", Usage: "wait until the agent proves it derived the payload key (keys/verify); stop it on the verifier if it never does"},
 		&ucli.StringFlag{Name: "cert_store", Usage: "directory of EK CA certificates (tenant.tpm_cert_store)"},
 		&ucli.StringFlag{Name: "agent-api-version", Aliases: []string{"supported-version"}, Usage: "agent API version to use instead of negotiating it"},
 		waitFlag(),
@@ -295,6 +302,58 @@ type addOutput struct {
 	*tenant.AddResult
 	// Attestation is the verifier status after --wait.
 	Attestation *agentView `json:"attestation,omitempty"`
+	// PayloadVerified is set when --verify saw the agent prove the payload key.
+	PayloadVerified bool `json:"payload_verified,omitempty"`
+}
+
+// readPayload reads -f FILE, or zips --include DIR (files at the top of the zip, as Keylime does).
+func readPayload(file, dir string) ([]byte, error) {
+	switch {
+	case file != "" && dir != "":
+		return nil, usagef("-f and --include exclude each other")
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, usagef("-f: %v", err)
+		}
+		if len(b) > 1<<20 {
+			return nil, usagef("-f: payload of %d bytes exceeds 1 MiB", len(b))
+		}
+		return b, nil
+	case dir != "":
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			rel, err := filepath.Rel(dir, path)
+			if err != nil {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			w, err := zw.Create(filepath.ToSlash(rel))
+			if err != nil {
+				return err
+			}
+			_, err = w.Write(b)
+			return err
+		})
+		if err == nil {
+			err = zw.Close()
+		}
+		if err != nil {
+			return nil, usagef("--include %s: %v", dir, err)
+		}
+		if buf.Len() > 1<<20 {
+			return nil, usagef("--include: zipped payload of %d bytes exceeds 1 MiB", buf.Len())
+		}
+		return buf.Bytes(), nil
+	}
+	return nil, nil
 }
 
 func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
@@ -312,6 +371,12 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 			NoEKCheck:       c.Bool("no-ek-check"),
 			AgentAPIVersion: strings.TrimPrefix(c.String("agent-api-version"), "v"),
 		}
+		if opts.Payload, err = readPayload(c.String("file"), c.String("include")); err != nil {
+			return err
+		}
+		if c.Bool("verify") && opts.Payload == nil {
+			return usagef("--verify needs a payload (-f or --include)")
+		}
 		op, verb := tn.Add, "added"
 		if update {
 			op, verb = tn.Update, "updated"
@@ -322,6 +387,12 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 		}
 		out := addOutput{AddResult: res}
 		var waitErr error
+		if c.Bool("verify") {
+			if err := tn.VerifyPayload(c.Context, id, 2*time.Minute); err != nil {
+				return err
+			}
+			out.PayloadVerified = true
+		}
 		if c.IsSet("wait") {
 			var st *api.VerifierAgent
 			st, waitErr = wait(c, tn, id, 0)

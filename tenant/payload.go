@@ -1,0 +1,128 @@
+package tenant
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/internal/payload"
+)
+
+// ErrPayloadNotVerified means the agent never proved it derived the payload key.
+var ErrPayloadNotVerified = errors.New("payload key not verified")
+
+// sendU splits a fresh key K into U and V, seals the payload under K and posts U (wrapped for the NK the
+// identity quote bound into PCR 16), the auth_tag and the payload to the agent. It returns base64(V)
+// for the verifier.
+func (t *Tenant) sendU(ctx context.Context, ac *client.Agent, id, nkPEM string, plain []byte) (string, error) {
+	nk, err := parseNK(nkPEM)
+	if err != nil {
+		return "", fmt.Errorf("%w: agent %s: NK: %w", ErrIdentityQuote, id, err)
+	}
+	k, u, v, err := payload.Split(nil)
+	if err != nil {
+		return "", err
+	}
+	sealed, err := payload.Encrypt(nil, k, plain)
+	if err != nil {
+		return "", err
+	}
+	wrapped, err := payload.WrapKey(nil, nk, u)
+	if err != nil {
+		return "", err
+	}
+	req := &api.UKeyRequest{AuthTag: payload.Tag(k, id), EncryptedKey: wrapped, Payload: sealed}
+	if err := t.retry(ctx, "U to agent "+id, func() error { return ac.PostUKey(ctx, req) }); err != nil {
+		return "", agentError(id, "keys/ukey", err)
+	}
+	t.mu.Lock()
+	if t.keys == nil {
+		t.keys = map[string][]byte{}
+	}
+	t.keys[id] = k
+	t.mu.Unlock()
+	return base64.StdEncoding.EncodeToString(v), nil
+}
+
+func parseNK(s string) (*rsa.PublicKey, error) {
+	blk, _ := pem.Decode([]byte(s))
+	if blk == nil {
+		return nil, errors.New("not PEM")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("NK is %T, want RSA", k)
+	}
+	return rk, nil
+}
+
+// VerifyPayload polls the agent's keys/verify with fresh challenges until its HMAC proves it derived
+// the K this tenant sent in Add, or within passes; then it stops the agent on the verifier (as Keylime's
+// tenant --verify does) and returns ErrPayloadNotVerified.
+func (t *Tenant) VerifyPayload(ctx context.Context, id string, within time.Duration) error {
+	t.mu.Lock()
+	k := t.keys[id]
+	t.mu.Unlock()
+	if k == nil {
+		return fmt.Errorf("agent %s: no payload was sent by this tenant", id)
+	}
+	reg, err := t.registrarClient(ctx)
+	if err != nil {
+		return err
+	}
+	rec, err := reg.Agent(ctx, id)
+	if err != nil {
+		return t.registrarError(id, err)
+	}
+	ip, port := "", 0
+	if rec.IP != nil {
+		ip = *rec.IP
+	}
+	if rec.Port != nil {
+		port = *rec.Port
+	}
+	ac, hc, err := t.agentClient(id, rec, ip, port)
+	if err != nil {
+		return err
+	}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(within)
+	var last error
+	for time.Now().Before(deadline) {
+		ch, err := newNonce()
+		if err != nil {
+			return err
+		}
+		got, err := ac.VerifyKey(ctx, ch)
+		if err == nil && payload.CheckTag(k, ch, got) {
+			return nil
+		}
+		if err == nil {
+			last = errors.New("keys/verify answered with a wrong HMAC")
+		} else {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if ver, err := t.verifierClient(ctx); err == nil {
+		if err := ver.Stop(ctx, id); err != nil {
+			t.cfg.Log.Error().Err(err).Str("agent", id).Msg("could not stop the agent on the verifier")
+		}
+	}
+	return fmt.Errorf("%w: agent %s: %v; stopped its attestation on the verifier", ErrPayloadNotVerified, id, last)
+}

@@ -1,0 +1,37 @@
+package tenant_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keylime-go/keylime/tenant"
+)
+
+// TestAddWithPayloadAndVerify: the payload reaches the agent only after it attested, and the agent then
+// proves it derived K (keys/verify). A tenant that sent no payload cannot verify one.
+func TestAddWithPayloadAndVerify(t *testing.T) {
+	b := newBed(t)
+	a := b.startAgent(t)
+	tn := b.tenant(t)
+	ctx := ctxT(t, time.Minute)
+	if err := tn.VerifyPayload(ctx, a.UUID(), time.Second); err == nil {
+		t.Fatal("verified a payload that was never sent")
+	}
+	zipped := []byte("plain payload, not a zip")
+	res, err := tn.Add(ctx, tenant.AddOptions{AgentID: a.UUID(), Payload: zipped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Payload {
+		t.Error("result does not report the payload")
+	}
+	if err := tn.VerifyPayload(ctx, a.UUID(), 20*time.Second); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	got, err := os.ReadFile(filepath.Join(a.DataDir, "secure", "unzipped", "decrypted_payload"))
+	if err != nil || string(got) != string(zipped) {
+		t.Fatalf("payload on the agent: %q %v", got, err)
+	}
+}
