@@ -20,6 +20,7 @@ import (
 	ucli "github.com/urfave/cli/v2"
 
 	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/internal/ca"
 	"github.com/keylime-go/keylime/internal/config"
 	"github.com/keylime-go/keylime/policy"
 	"github.com/keylime-go/keylime/tenant"
@@ -129,6 +130,7 @@ func addFlags() []ucli.Flag {
 		&ucli.BoolFlag{Name: "no-ek-check", Usage: "do not check the EK certificate (insecure: the TPM's identity is not established)"},
 		&ucli.StringFlag{Name: "file", Aliases: []string{"f"}, Usage: "payload file delivered to the agent once it attested (encrypted; V released by the verifier)"},
 		&ucli.StringFlag{Name: "include", Usage: "directory zipped into the payload (an autorun.sh in it runs on the agent)"},
+		&ucli.StringFlag{Name: "cert", Usage: "Keylime CA directory: package a fresh certificate and key for the agent, the CA certificate and RevocationNotifier-cert.crt (plus --include files)"},
 		&ucli.BoolFlag{Name: "verify", Usage: "wait until the agent proves it derived the payload key (keys/verify); stop it on the verifier if it never does"},
 		&ucli.StringFlag{Name: "cert_store", Usage: "directory of EK CA certificates (tenant.tpm_cert_store)"},
 		&ucli.StringFlag{Name: "agent-api-version", Aliases: []string{"supported-version"}, Usage: "agent API version to use instead of negotiating it"},
@@ -306,11 +308,14 @@ type addOutput struct {
 	PayloadVerified bool `json:"payload_verified,omitempty"`
 }
 
-// readPayload reads -f FILE, or zips --include DIR (files at the top of the zip, as Keylime does).
-func readPayload(file, dir string) ([]byte, error) {
+// readPayload reads -f FILE, or zips --include DIR (files at the top of the zip, as Keylime does) and,
+// with --cert CA_DIR, a certificate package for the agent.
+func readPayload(file, dir, caDir, id string) ([]byte, error) {
 	switch {
-	case file != "" && dir != "":
-		return nil, usagef("-f and --include exclude each other")
+	case file != "" && (dir != "" || caDir != ""):
+		return nil, usagef("-f excludes --include and --cert")
+	case caDir != "":
+		return certPackage(caDir, dir, id)
 	case file != "":
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -323,25 +328,7 @@ func readPayload(file, dir string) ([]byte, error) {
 	case dir != "":
 		var buf bytes.Buffer
 		zw := zip.NewWriter(&buf)
-		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			rel, err := filepath.Rel(dir, path)
-			if err != nil {
-				return err
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			w, err := zw.Create(filepath.ToSlash(rel))
-			if err != nil {
-				return err
-			}
-			_, err = w.Write(b)
-			return err
-		})
+		err := zipDir(zw, dir)
 		if err == nil {
 			err = zw.Close()
 		}
@@ -354,6 +341,68 @@ func readPayload(file, dir string) ([]byte, error) {
 		return buf.Bytes(), nil
 	}
 	return nil, nil
+}
+
+// certPackage issues a certificate and key for the agent from the CA in caDir and zips them with the CA
+// certificate, the RevocationNotifier certificate (so the agent can verify revocation messages) and the
+// files of includeDir, as Keylime's tenant --cert does.
+func certPackage(caDir, includeDir, id string) ([]byte, error) {
+	c, err := ca.Load(caDir, ca.DefaultSubject)
+	if err != nil {
+		return nil, usagef("--cert: %v", err)
+	}
+	if _, err := c.Issue(id, ca.Client, nil); err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for _, name := range []string{id + "-cert.crt", id + "-private.pem", id + "-public.pem", ca.CACertFile, ca.RevocationNotifier + "-cert.crt"} {
+		b, err := os.ReadFile(filepath.Join(caDir, name))
+		if err != nil {
+			if name == ca.RevocationNotifier+"-cert.crt" && errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return nil, err
+		}
+		w, err := zw.Create(name)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(b); err != nil {
+			return nil, err
+		}
+	}
+	if includeDir != "" {
+		if err := zipDir(zw, includeDir); err != nil {
+			return nil, usagef("--include %s: %v", includeDir, err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+func zipDir(zw *zip.Writer, dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		w, err := zw.Create(filepath.ToSlash(rel))
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	})
 }
 
 func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
@@ -371,7 +420,7 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 			NoEKCheck:       c.Bool("no-ek-check"),
 			AgentAPIVersion: strings.TrimPrefix(c.String("agent-api-version"), "v"),
 		}
-		if opts.Payload, err = readPayload(c.String("file"), c.String("include")); err != nil {
+		if opts.Payload, err = readPayload(c.String("file"), c.String("include"), c.String("cert"), id); err != nil {
 			return err
 		}
 		if c.Bool("verify") && opts.Payload == nil {
