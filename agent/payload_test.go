@@ -7,6 +7,8 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
@@ -17,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/payload"
@@ -73,6 +77,8 @@ func payloadAgent(t *testing.T) (*Agent, string) {
 
 func TestPayloadDelivery(t *testing.T) {
 	a, dir := payloadAgent(t)
+	var logs bytes.Buffer
+	a.log = zerolog.New(&logs).Level(zerolog.DebugLevel)
 	h := a.Handler()
 	k, u, v, _ := payload.Split(nil)
 	zipped := zipOf(t, map[string]string{"autorun.sh": "#!/bin/sh\necho ran > marker\n", "secret.txt": "s3cr3t"})
@@ -116,6 +122,17 @@ func TestPayloadDelivery(t *testing.T) {
 	}
 	if fi, _ := os.Stat(filepath.Dir(dir)); fi.Mode().Perm() != 0o700 {
 		t.Errorf("secure dir mode %v", fi.Mode().Perm())
+	}
+	// No secret reaches the log: neither K, U nor V, in hex or base64.
+	for _, secret := range [][]byte{k, u, v} {
+		for _, enc := range []string{hex.EncodeToString(secret), base64.StdEncoding.EncodeToString(secret)} {
+			if strings.Contains(logs.String(), enc) {
+				t.Fatalf("a key half or K appears in the log")
+			}
+		}
+	}
+	if !strings.Contains(logs.String(), "bootstrap key derived") {
+		t.Fatalf("log capture did not work: %s", logs.String())
 	}
 	code, env := get(t, h, "/v2.6/keys/verify?challenge=Ch4llenge")
 	var vr api.VerifyResponse
