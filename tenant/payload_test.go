@@ -1,6 +1,8 @@
 package tenant_test
 
 import (
+	"archive/zip"
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -19,7 +21,14 @@ func TestAddWithPayloadAndVerify(t *testing.T) {
 	if err := tn.VerifyPayload(ctx, a.UUID(), time.Second); err == nil {
 		t.Fatal("verified a payload that was never sent")
 	}
-	zipped := []byte("plain payload, not a zip")
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	w, _ := zw.Create("autorun.sh")
+	_, _ = w.Write([]byte("#!/bin/sh\necho ran > marker\n"))
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	zipped := buf.Bytes()
 	res, err := tn.Add(ctx, tenant.AddOptions{AgentID: a.UUID(), Payload: zipped})
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +40,17 @@ func TestAddWithPayloadAndVerify(t *testing.T) {
 		t.Fatalf("verify: %v", err)
 	}
 	got, err := os.ReadFile(filepath.Join(a.DataDir, "secure", "unzipped", "decrypted_payload"))
-	if err != nil || string(got) != string(zipped) {
-		t.Fatalf("payload on the agent: %q %v", got, err)
+	if err != nil || !bytes.Equal(got, zipped) {
+		t.Fatalf("payload on the agent: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m, err := os.ReadFile(filepath.Join(a.DataDir, "secure", "unzipped", "marker")); err == nil && string(m) == "ran\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("autorun.sh from the payload never ran")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
