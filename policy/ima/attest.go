@@ -42,6 +42,9 @@ type State struct {
 	NextEntry int `json:"next_entry"`
 	// BootTime is the agent's boot time the attested entries belong to.
 	BootTime int64 `json:"boottime"`
+	// Extend is the ExtendMode (its String) the quote matched with, once known: "template-hash"
+	// or "padded-sha1"; empty while undetermined (both are tried).
+	Extend string `json:"extend,omitempty"`
 	// Keyrings are the keys learned from ima-buf entries already attested, by keyring name.
 	Keyrings map[string]*Keyring `json:"keyrings,omitempty"`
 	// Progress is the quote progress of the previous poll (nil before the first).
@@ -170,6 +173,19 @@ func Attest(prev State, ev Evidence, pol *Compiled, opts Options) Result {
 	a.pollKeys = NewKeyring()
 	a.rings = append(a.rings, a.pollKeys)
 
+	// Which extend modes to replay: both until a match has shown which one the kernel uses for
+	// this bank (they are the same for SHA-1).
+	track := [2]bool{true, ev.Bank != crypto.SHA1}
+	switch st.Extend {
+	case ExtendTemplateHash.String():
+		track[ExtendPaddedSHA1] = false
+	case ExtendPaddedSHA1.String():
+		track = [2]bool{false, ev.Bank != crypto.SHA1}
+		track[ExtendTemplateHash] = !track[ExtendPaddedSHA1]
+	}
+	runs := [2][]byte{running, bytes.Clone(running)}
+	mode := ExtendTemplateHash
+
 	var p *Parser
 	if ev.Reader != nil {
 		p = NewParser(ev.Reader, ev.FirstEntry)
@@ -197,20 +213,38 @@ func Attest(prev State, ev Evidence, pol *Compiled, opts Options) Result {
 		n++
 		a.pos = n
 		if e.PCR == policy.IMAPCR {
-			extend(ev.Bank, running, e.ExtendValue(ev.Bank, v[:0]))
+			for m := range runs {
+				if track[m] {
+					extend(ev.Bank, runs[m], e.ExtendValueMode(ev.Bank, ExtendMode(m), v[:0]))
+				}
+			}
 		}
 		a.check(e)
-		if !matched && bytes.Equal(running, ev.PCR10) {
-			matched, matchLine = true, n
-			st.PCR10 = hex.EncodeToString(running)
-			st.NextEntry = ev.FirstEntry + n
+		if matched {
+			continue
 		}
+		for m := range runs {
+			if track[m] && bytes.Equal(runs[m], ev.PCR10) {
+				matched, matchLine, mode = true, n, ExtendMode(m)
+				st.PCR10 = hex.EncodeToString(runs[m])
+				st.NextEntry = ev.FirstEntry + n
+				st.Extend = mode.String()
+				break
+			}
+		}
+	}
+	running = runs[mode]
+	if !track[mode] {
+		running = runs[ExtendPaddedSHA1]
 	}
 	res.Entries, res.Replayed = n, running
 	if !matched {
 		a.always(EventPCRMismatch, ctx("message", fmt.Sprintf("IMA measurement list does not match TPM PCR %x", ev.PCR10),
 			"bank", bankName, "quoted", hex.EncodeToString(ev.PCR10), "replayed", hex.EncodeToString(running),
 			"first_entry", ev.FirstEntry, "entries", n))
+		if track[ExtendTemplateHash] && track[ExtendPaddedSHA1] {
+			a.failures[len(a.failures)-1].Context["replayed_padded_sha1"] = hex.EncodeToString(runs[ExtendPaddedSHA1])
+		}
 		return a.result(res)
 	}
 	res.Matched = matchLine

@@ -63,12 +63,50 @@ func hashSum(h crypto.Hash, data, out []byte) []byte {
 	panic("ima: hashSum with unsupported hash " + h.String())
 }
 
-// ExtendValue returns what the kernel extended into bank for e: all 0xff for a violation, else
-// H_bank(template data). It is appended to out.
+// ExtendMode says how the kernel computed the value it extended into a PCR bank.
+type ExtendMode uint8
+
+const (
+	// ExtendTemplateHash is H_bank(template data): the bank's own hash of the entry, what the kernel
+	// does for every bank whose hash algorithm it has a crypto driver for when IMA starts.
+	ExtendTemplateHash ExtendMode = iota
+	// ExtendPaddedSHA1 is the SHA-1 template hash padded with zeros to the bank size: what the kernel
+	// extends into banks whose algorithm it cannot compute at IMA initialisation (e.g. the SHA-384
+	// bank of a Debian 6.1 kernel with sha512 built as a module; seen in this package's testdata).
+	ExtendPaddedSHA1
+)
+
+// String names the mode as the State records it.
+func (m ExtendMode) String() string {
+	if m == ExtendPaddedSHA1 {
+		return "padded-sha1"
+	}
+	return "template-hash"
+}
+
+// ExtendValue returns what the kernel extended into bank for e (ExtendTemplateHash): all 0xff for a
+// violation, else H_bank(template data). It is appended to out.
 func (e *Entry) ExtendValue(bank crypto.Hash, out []byte) []byte {
+	return e.ExtendValueMode(bank, ExtendTemplateHash, out)
+}
+
+// ExtendValueMode is ExtendValue for a given extend mode.
+func (e *Entry) ExtendValueMode(bank crypto.Hash, mode ExtendMode, out []byte) []byte {
 	if e.Violation {
 		for range bank.Size() {
 			out = append(out, 0xff)
+		}
+		return out
+	}
+	if mode == ExtendPaddedSHA1 && bank != crypto.SHA1 {
+		start := len(out)
+		if e.TemplateHashAlg == crypto.SHA1 {
+			out = append(out, e.computed[:crypto.SHA1.Size()]...)
+		} else {
+			out = hashSum(crypto.SHA1, e.Data, out)
+		}
+		for len(out)-start < bank.Size() {
+			out = append(out, 0)
 		}
 		return out
 	}
@@ -88,9 +126,14 @@ func extend(bank crypto.Hash, pcr, value []byte) {
 }
 
 // Replay parses a whole ASCII log and returns the PCR 10 value it produces in each bank (all of
-// Banks when none are given), starting from zeros. Entries for other PCRs are not extended. It
-// stops at the first malformed line.
+// Banks when none are given), starting from zeros, with ExtendTemplateHash. Entries for other PCRs
+// are not extended. It stops at the first malformed line.
 func Replay(r io.Reader, banks ...crypto.Hash) (map[crypto.Hash][]byte, error) {
+	return ReplayMode(r, ExtendTemplateHash, banks...)
+}
+
+// ReplayMode is Replay with the given extend mode.
+func ReplayMode(r io.Reader, mode ExtendMode, banks ...crypto.Hash) (map[crypto.Hash][]byte, error) {
 	if len(banks) == 0 {
 		banks = Banks
 	}
@@ -115,7 +158,7 @@ func Replay(r io.Reader, banks ...crypto.Hash) (map[crypto.Hash][]byte, error) {
 			continue
 		}
 		for _, b := range banks {
-			extend(b, out[b], e.ExtendValue(b, v[:0]))
+			extend(b, out[b], e.ExtendValueMode(b, mode, v[:0]))
 		}
 	}
 }
