@@ -277,4 +277,3 @@ func eventIDs(res Result) []string {
 	}
 	return out
 }
-

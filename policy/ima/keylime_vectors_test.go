@@ -35,7 +35,7 @@ const keylimeKeyringString = `{"pubkeys": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIB
 func keylimeTestPolicy() *RuntimePolicy {
 	p := policyWith(map[string][]string{
 		"boot_aggregate": {"e4cb9f5709c88376b5fc3743cd88e76b9aae8f3d992d845678de5215edb31216"},
-		"/lib/modules/5.4.48-openpower1/kernel/drivers/usb/common/usb-common.ko":                     {"f1125b940480d20ad841d26d5ea253edc0704b5ec1548c891edf212cb1a9365e"},
+		"/lib/modules/5.4.48-openpower1/kernel/drivers/usb/common/usb-common.ko":                {"f1125b940480d20ad841d26d5ea253edc0704b5ec1548c891edf212cb1a9365e"},
 		"/lib/modules/5.4.48-openpower1/kernel/drivers/gpu/drm/drm_panel_orientation_quirks.ko": {"cd026b58efdf66658685430ff526490d54a430a3f0066a35ac26a8acab66c55d"},
 		"/usr/bin/dd":    {"d33d5d13792292e202dbf69a6f1b07bc8a02f01424db8489ba7bb7d43c0290ef"},
 		"/usr/bin/zmore": {"b8ae0b8dd04a5935cd8165aa2260cd11b658bd71629bdb52256a675a1f73907b"},

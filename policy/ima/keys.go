@@ -159,20 +159,49 @@ type certASN1 struct {
 	Sig    asn1.BitString
 }
 
-// unsupportedEC reports whether der is a SubjectPublicKeyInfo (or a certificate carrying one) of an
-// EC key, used when Go refused to parse it.
-func unsupportedEC(der []byte, isCert bool) bool {
-	var s spkiASN1
-	if isCert {
+// sec1ASN1 is RFC 5915's ECPrivateKey.
+type sec1ASN1 struct {
+	Version    int
+	PrivateKey []byte
+	Params     asn1.ObjectIdentifier `asn1:"optional,explicit,tag:0"`
+	PublicKey  asn1.BitString        `asn1:"optional,explicit,tag:1"`
+}
+
+// pkcs8ASN1 is RFC 5208's PrivateKeyInfo.
+type pkcs8ASN1 struct {
+	Version    int
+	Algorithm  pkix.AlgorithmIdentifier
+	PrivateKey []byte
+	Attributes asn1.RawValue `asn1:"optional,tag:0"`
+}
+
+// Forms of DER an EC key on an unsupported curve may come in.
+const (
+	derCert = iota
+	derSPKI
+	derPrivate
+)
+
+// unsupportedEC reports whether der is an EC key in the given form (or a certificate carrying
+// one); it is asked after Go refused to parse der, so the curve is one Go lacks.
+func unsupportedEC(der []byte, form int) bool {
+	switch form {
+	case derCert:
 		var c certASN1
-		if rest, err := asn1.Unmarshal(der, &c); err != nil || len(rest) != 0 {
-			return false
-		}
-		s = c.TBS.PublicKey
-	} else if rest, err := asn1.Unmarshal(der, &s); err != nil || len(rest) != 0 {
-		return false
+		rest, err := asn1.Unmarshal(der, &c)
+		return err == nil && len(rest) == 0 && c.TBS.PublicKey.Algorithm.Algorithm.Equal(oidECPublicKey)
+	case derSPKI:
+		var s spkiASN1
+		rest, err := asn1.Unmarshal(der, &s)
+		return err == nil && len(rest) == 0 && s.Algorithm.Algorithm.Equal(oidECPublicKey)
 	}
-	return s.Algorithm.Algorithm.Equal(oidECPublicKey)
+	var p8 pkcs8ASN1
+	if rest, err := asn1.Unmarshal(der, &p8); err == nil && len(rest) == 0 {
+		return p8.Algorithm.Algorithm.Equal(oidECPublicKey)
+	}
+	var ec sec1ASN1
+	rest, err := asn1.Unmarshal(der, &ec)
+	return err == nil && len(rest) == 0 && ec.Version == 1 && len(ec.Params) > 0
 }
 
 // ParsePublicKey reads a key the way Keylime's get_pubkey does, trying in turn a DER and a PEM X.509
@@ -207,7 +236,7 @@ func ParsePublicKey(data []byte) (crypto.PublicKey, uint32, error) {
 				id = binary.BigEndian.Uint32(c.SubjectKeyId[len(c.SubjectKeyId)-4:])
 			}
 			return checkKeyType(c.PublicKey, id)
-		} else if unsupportedEC(der, true) {
+		} else if unsupportedEC(der, derCert) {
 			return nil, 0, fmt.Errorf("certificate: %w", ErrUnsupportedCurve)
 		}
 	}
@@ -215,7 +244,7 @@ func ParsePublicKey(data []byte) (crypto.PublicKey, uint32, error) {
 	for _, der := range append([][]byte{data}, pemOf("PUBLIC KEY", "RSA PUBLIC KEY")...) {
 		if pub, err := x509.ParsePKIXPublicKey(der); err == nil {
 			return checkKeyType(pub, 0)
-		} else if unsupportedEC(der, false) {
+		} else if unsupportedEC(der, derSPKI) {
 			return nil, 0, fmt.Errorf("public key: %w", ErrUnsupportedCurve)
 		}
 		if pub, err := x509.ParsePKCS1PublicKey(der); err == nil {
@@ -235,6 +264,9 @@ func ParsePublicKey(data []byte) (crypto.PublicKey, uint32, error) {
 		}
 		if priv, err := x509.ParseECPrivateKey(der); err == nil {
 			return checkKeyType(priv.Public(), 0)
+		}
+		if unsupportedEC(der, derPrivate) {
+			return nil, 0, fmt.Errorf("private key: %w", ErrUnsupportedCurve)
 		}
 	}
 	return nil, 0, ErrNotAKey
@@ -359,7 +391,7 @@ func parseKeyringJSON(b []byte) (*Keyring, []string, error) {
 		}
 		pub, err := x509.ParsePKIXPublicKey(der)
 		if err != nil {
-			if unsupportedEC(der, false) {
+			if unsupportedEC(der, derSPKI) {
 				warnings = append(warnings, fmt.Sprintf("pubkeys[%d]: %v; signatures by this key cannot be verified", i, ErrUnsupportedCurve))
 				continue
 			}
