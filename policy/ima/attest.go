@@ -174,17 +174,25 @@ func Attest(prev State, ev Evidence, pol *Compiled, opts Options) Result {
 	a.rings = append(a.rings, a.pollKeys)
 
 	// Which extend modes to replay: both until a match has shown which one the kernel uses for
-	// this bank (they are the same for SHA-1).
+	// this bank (they are the same for SHA-1). A log in memory is replayed in the template-hash
+	// mode, and again in the padded-SHA-1 mode only when that found no match (the rare kernel).
 	track := [2]bool{true, ev.Bank != crypto.SHA1}
 	switch st.Extend {
 	case ExtendTemplateHash.String():
 		track[ExtendPaddedSHA1] = false
 	case ExtendPaddedSHA1.String():
-		track = [2]bool{false, ev.Bank != crypto.SHA1}
 		track[ExtendTemplateHash] = !track[ExtendPaddedSHA1]
 	}
+	secondPass := track[ExtendTemplateHash] && track[ExtendPaddedSHA1] && ev.Reader == nil
+	if secondPass {
+		track[ExtendPaddedSHA1] = false
+	}
+	start := bytes.Clone(running)
 	runs := [2][]byte{running, bytes.Clone(running)}
 	mode := ExtendTemplateHash
+	if !track[mode] {
+		mode = ExtendPaddedSHA1
+	}
 
 	var p *Parser
 	if ev.Reader != nil {
@@ -228,22 +236,34 @@ func Attest(prev State, ev Evidence, pol *Compiled, opts Options) Result {
 				matched, matchLine, mode = true, n, ExtendMode(m)
 				st.PCR10 = hex.EncodeToString(runs[m])
 				st.NextEntry = ev.FirstEntry + n
-				st.Extend = mode.String()
 				break
 			}
 		}
 	}
-	running = runs[mode]
-	if !track[mode] {
-		running = runs[ExtendPaddedSHA1]
+	if secondPass && !matched {
+		var line int
+		var ok bool
+		ok, line, runs[ExtendPaddedSHA1] = replayMatch(ev, start, ExtendPaddedSHA1)
+		track[ExtendPaddedSHA1] = true
+		if ok {
+			matched, matchLine, mode = true, line, ExtendPaddedSHA1
+			st.NextEntry = ev.FirstEntry + line
+			st.PCR10 = hex.EncodeToString(quoteValue(ev))
+		}
 	}
+	if matched && matchLine > 0 {
+		st.Extend = mode.String()
+	}
+	running = runs[mode]
 	res.Entries, res.Replayed = n, running
 	if !matched {
 		a.always(EventPCRMismatch, ctx("message", fmt.Sprintf("IMA measurement list does not match TPM PCR %x", ev.PCR10),
-			"bank", bankName, "quoted", hex.EncodeToString(ev.PCR10), "replayed", hex.EncodeToString(running),
+			"bank", bankName, "quoted", hex.EncodeToString(ev.PCR10), "replayed", hex.EncodeToString(runs[ExtendTemplateHash]),
 			"first_entry", ev.FirstEntry, "entries", n))
 		if track[ExtendTemplateHash] && track[ExtendPaddedSHA1] {
 			a.failures[len(a.failures)-1].Context["replayed_padded_sha1"] = hex.EncodeToString(runs[ExtendPaddedSHA1])
+		} else if !track[ExtendTemplateHash] {
+			a.failures[len(a.failures)-1].Context["replayed"] = hex.EncodeToString(runs[ExtendPaddedSHA1])
 		}
 		return a.result(res)
 	}
@@ -262,6 +282,32 @@ func Attest(prev State, ev Evidence, pol *Compiled, opts Options) Result {
 	st.Keyrings = a.keepLearned(st.Keyrings, matchLine)
 	res.State = st
 	return res
+}
+
+// quoteValue is the quoted PCR 10 (a copy).
+func quoteValue(ev Evidence) []byte { return bytes.Clone(ev.PCR10) }
+
+// replayMatch replays ev.Log from start in one extend mode only, returning whether and after how
+// many entries it matched the quote, and the final value.
+func replayMatch(ev Evidence, start []byte, mode ExtendMode) (bool, int, []byte) {
+	pcr := bytes.Clone(start)
+	p := NewBytesParser(ev.Log, ev.FirstEntry)
+	var v [sha512.Size]byte
+	n, line, ok := 0, 0, false
+	for {
+		e, err := p.Next()
+		if err == io.EOF {
+			return ok, line, pcr
+		}
+		n++
+		if err != nil || e.PCR != policy.IMAPCR {
+			continue
+		}
+		extend(ev.Bank, pcr, e.ExtendValueMode(ev.Bank, mode, v[:0]))
+		if !ok && bytes.Equal(pcr, ev.PCR10) {
+			ok, line = true, n
+		}
+	}
 }
 
 // ctx builds a failure context from key/value pairs.

@@ -12,9 +12,13 @@ import (
 // Build it once per policy with Compile and share it read-only between any number of agents and
 // goroutines; it never changes after Compile.
 type Compiled struct {
-	digests  map[string]string // name → packed digests: (len byte ‖ digest)*
-	keyrings map[string]string
-	imaBuf   map[string]string
+	// arena holds, for every name of every table, the name followed by its packed digests
+	// ((len byte ‖ digest)*), so a lookup touches one region of memory; the tables' keys are
+	// substrings of arena and their values the digests' span (start<<32 | end).
+	arena    string
+	digests  table
+	keyrings table
+	imaBuf   table
 	exclude  *regexp.Regexp
 	// ignoreAll is set by "*" in ignored_keyrings.
 	ignoreAll bool
@@ -48,23 +52,24 @@ func Compile(p *RuntimePolicy) (*Compiled, error) {
 	}
 	var arena []byte
 	type span struct {
-		table      *map[string]string
-		name       string
-		start, end int
+		table                 table
+		nameStart, start, end int
 	}
 	var spans []span
 	for _, t := range []struct {
 		field string
 		m     map[string][]string
-		dst   *map[string]string
+		dst   *table
 	}{{"digests", p.Digests, &c.digests}, {"keyrings", p.Keyrings, &c.keyrings}, {"ima-buf", p.IMABuf, &c.imaBuf}} {
-		*t.dst = make(map[string]string, len(t.m))
+		*t.dst = make(table, len(t.m))
 		names := make([]string, 0, len(t.m))
 		for n := range t.m {
 			names = append(names, n)
 		}
 		sort.Strings(names)
 		for _, name := range names {
+			nameStart := len(arena)
+			arena = append(arena, name...)
 			start := len(arena)
 			for _, h := range t.m[name] {
 				if len(h)%2 != 0 || len(h) > 2*255 {
@@ -78,14 +83,26 @@ func Compile(p *RuntimePolicy) (*Compiled, error) {
 				}
 				c.nDigests++
 			}
-			spans = append(spans, span{t.dst, name, start, len(arena)})
+			spans = append(spans, span{*t.dst, nameStart, start, len(arena)})
 		}
 	}
-	all := string(arena)
+	c.arena = string(arena)
 	for _, s := range spans {
-		(*s.table)[s.name] = all[s.start:s.end]
+		s.table[c.arena[s.nameStart:s.start]] = uint64(s.start)<<32 | uint64(s.end)
 	}
 	return c, nil
+}
+
+// table maps a name to the span of its packed digests in the arena.
+type table map[string]uint64
+
+// packed returns the packed digests listed for name in t.
+func (c *Compiled) packed(t table, name []byte) (string, bool) {
+	span, ok := t[string(name)]
+	if !ok {
+		return "", false
+	}
+	return c.arena[span>>32 : uint32(span)], true
 }
 
 // MustCompile is Compile for policies known to be valid (tests, built-in policies); it panics on error.
@@ -141,6 +158,6 @@ func hexList(packed string) []string {
 
 // Allowed reports whether the policy lists digest d for path (the "digests" table).
 func (c *Compiled) Allowed(path string, d []byte) bool {
-	packed, ok := c.digests[path]
+	packed, ok := c.packed(c.digests, []byte(path))
 	return ok && hasDigest(packed, d)
 }

@@ -53,8 +53,41 @@ func TestReplayRealLogs(t *testing.T) {
 				if len(res.Failures) != 0 || res.Matched != res.Entries || res.State.NextEntry != res.Entries || res.State.Extend != c.mode.String() {
 					t.Fatalf("attest %s: %v, matched %d of %d, state %+v", BankName(c.bank), res.Failures, res.Matched, res.Entries, res.State)
 				}
+				// Streamed, both modes are replayed in one pass; the result is the same.
+				res2 := Attest(State{}, Evidence{Reader: bytes.NewReader(raw), Bank: c.bank, PCR10: want}, MustCompile(policyFromLog(t, raw)), Options{})
+				if len(res2.Failures) != 0 || res2.State.Extend != c.mode.String() || !bytes.Equal(res2.Replayed, want) {
+					t.Fatalf("attest %s from a reader: %v %+v", BankName(c.bank), res2.Failures, res2.State)
+				}
 			}
 		})
+	}
+}
+
+// TestPaddedModeIncremental: once a poll found the padded-SHA-1 mode, later polls use it alone.
+func TestPaddedModeIncremental(t *testing.T) {
+	raw := readFile(t, "testdata/vm-ovmf-ima-ng/ascii_runtime_measurements")
+	lines := strings.SplitAfter(string(raw), "\n")
+	pol := MustCompile(policyFromLog(t, raw))
+	quote := func(n int) []byte {
+		m, err := ReplayMode(strings.NewReader(strings.Join(lines[:n], "")), ExtendPaddedSHA1, crypto.SHA384)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m[crypto.SHA384]
+	}
+	res := Attest(State{}, Evidence{Log: []byte(strings.Join(lines[:4], "")), Bank: crypto.SHA384, PCR10: quote(3)}, pol, Options{})
+	if len(res.Failures) != 0 || res.State.Extend != "padded-sha1" || res.State.NextEntry != 3 || res.Matched != 3 {
+		t.Fatalf("poll 1: %v %+v", res.Failures, res.State)
+	}
+	all := readPCRs(t, "testdata/vm-ovmf-ima-ng/pcrs.txt")["sha384"]["10"]
+	res = Attest(res.State, Evidence{Log: []byte(strings.Join(lines[3:], "")), FirstEntry: 3, Bank: crypto.SHA384, PCR10: all}, pol, Options{})
+	if len(res.Failures) != 0 || res.State.NextEntry != 7 || !bytes.Equal(res.Replayed, all) {
+		t.Fatalf("poll 2: %v %+v", res.Failures, res.State)
+	}
+	// A wrong quote in the known mode: the context names the padded replay.
+	bad := Attest(res.State, Evidence{Log: []byte(lines[0]), FirstEntry: 7, Bank: crypto.SHA384, PCR10: quote(1)}, pol, Options{})
+	if ids := eventIDs(bad); len(ids) != 1 || ids[0] != EventPCRMismatch || bad.Failures[0].Context["replayed"] == nil {
+		t.Fatalf("%v", bad.Failures)
 	}
 }
 

@@ -70,8 +70,8 @@ func (a *attestor) check(e *Entry) {
 
 // lookup looks the entry's digest up in a table; in the digests table, boot_aggregate also takes
 // the poll's boot aggregates.
-func (a *attestor) lookup(e *Entry, table map[string]string, digests bool) verdict {
-	packed, ok := table[string(e.Name)]
+func (a *attestor) lookup(e *Entry, t table, digests bool) verdict {
+	packed, ok := a.pol.packed(t, e.Name)
 	if ok && hasDigest(packed, e.Digest) {
 		return allowed
 	}
@@ -103,7 +103,7 @@ func (a *attestor) checkFile(e *Entry, sigErr error) {
 }
 
 // reportDigest records not_in_allowlist or runtime_policy_hash for an entry.
-func (a *attestor) reportDigest(e *Entry, v verdict, table map[string]string, digests bool, sigErr error) {
+func (a *attestor) reportDigest(e *Entry, v verdict, t table, digests bool, sigErr error) {
 	var c map[string]any
 	id := EventNotInPolicy
 	if v == notFound {
@@ -112,7 +112,8 @@ func (a *attestor) reportDigest(e *Entry, v verdict, table map[string]string, di
 		id = EventDigestNotAllowed
 		c = entryContext(e, "Hash not found in runtime policy")
 		c["got"] = hex.EncodeToString(e.Digest)
-		expected := hexList(table[string(e.Name)])
+		packed, _ := a.pol.packed(t, e.Name)
+		expected := hexList(packed)
 		if digests && string(e.Name) == bootAggregate {
 			for _, d := range a.ev.BootAggregates {
 				expected = append(expected, hex.EncodeToString(d))
