@@ -1,8 +1,11 @@
 package ima
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
+	"math"
 	"regexp"
 	"sort"
 )
@@ -12,10 +15,10 @@ import (
 // Build it once per policy with Compile and share it read-only between any number of agents and
 // goroutines; it never changes after Compile.
 type Compiled struct {
-	// arena holds, for every name of every table, the name followed by its packed digests
-	// ((len byte ‖ digest)*), so a lookup touches one region of memory; the tables' keys are
-	// substrings of arena and their values the digests' span (start<<32 | end).
+	// arena holds, for every name of every table, the name, the u32 length of its packed digests
+	// and the packed digests ((len byte ‖ digest)*), so a lookup touches one region of memory.
 	arena    string
+	seed     maphash.Seed
 	digests  table
 	keyrings table
 	imaBuf   table
@@ -32,7 +35,7 @@ type Compiled struct {
 // RE2, verification keys) and builds the Compiled form. Digests of odd length, which Keylime's schema
 // allows but which never match, are left out with a warning.
 func Compile(p *RuntimePolicy) (*Compiled, error) {
-	c := &Compiled{ignored: map[string]bool{}}
+	c := &Compiled{ignored: map[string]bool{}, seed: maphash.MakeSeed()}
 	var err error
 	if c.exclude, err = CompileExcludes(p.Excludes); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
@@ -52,8 +55,9 @@ func Compile(p *RuntimePolicy) (*Compiled, error) {
 	}
 	var arena []byte
 	type span struct {
-		table                 table
-		nameStart, start, end int
+		table     *table
+		nameStart int
+		nameLen   int
 	}
 	var spans []span
 	for _, t := range []struct {
@@ -61,7 +65,7 @@ func Compile(p *RuntimePolicy) (*Compiled, error) {
 		m     map[string][]string
 		dst   *table
 	}{{"digests", p.Digests, &c.digests}, {"keyrings", p.Keyrings, &c.keyrings}, {"ima-buf", p.IMABuf, &c.imaBuf}} {
-		*t.dst = make(table, len(t.m))
+		*t.dst = table{byHash: make(map[uint64]uint64, len(t.m))}
 		names := make([]string, 0, len(t.m))
 		for n := range t.m {
 			names = append(names, n)
@@ -70,6 +74,7 @@ func Compile(p *RuntimePolicy) (*Compiled, error) {
 		for _, name := range names {
 			nameStart := len(arena)
 			arena = append(arena, name...)
+			arena = append(arena, 0, 0, 0, 0) // length of the packed digests, set below
 			start := len(arena)
 			for _, h := range t.m[name] {
 				if len(h)%2 != 0 || len(h) > 2*255 {
@@ -83,26 +88,80 @@ func Compile(p *RuntimePolicy) (*Compiled, error) {
 				}
 				c.nDigests++
 			}
-			spans = append(spans, span{*t.dst, nameStart, start, len(arena)})
+			binary.LittleEndian.PutUint32(arena[start-4:], uint32(len(arena)-start))
+			spans = append(spans, span{t.dst, nameStart, len(name)})
 		}
+	}
+	if uint64(len(arena)) > math.MaxUint32 {
+		return nil, fmt.Errorf("%w: more than 4 GiB of digests", ErrBadPolicy)
 	}
 	c.arena = string(arena)
 	for _, s := range spans {
-		s.table[c.arena[s.nameStart:s.start]] = uint64(s.start)<<32 | uint64(s.end)
+		c.index(s.table, s.nameStart, s.nameLen)
 	}
 	return c, nil
 }
 
-// table maps a name to the span of its packed digests in the arena.
-type table map[string]uint64
+// table finds a name's entry in the arena by a 64-bit hash of the name; the rare names whose
+// hashes collide are kept in a map by name.
+type table struct {
+	byHash  map[uint64]uint64 // hash → nameStart<<32 | nameLen, or collided
+	collide map[string]uint64
+}
+
+// collided marks a hash shared by several names.
+const collided = math.MaxUint64
+
+func (c *Compiled) index(t *table, nameStart, nameLen int) {
+	c.indexHash(t, nameStart, nameLen, maphash.String(c.seed, c.arena[nameStart:nameStart+nameLen]))
+}
+
+// indexHash adds a name with its hash h to t.
+func (c *Compiled) indexHash(t *table, nameStart, nameLen int, h uint64) {
+	name := c.arena[nameStart : nameStart+nameLen]
+	v := uint64(nameStart)<<32 | uint64(nameLen)
+	old, taken := t.byHash[h]
+	switch {
+	case !taken:
+		t.byHash[h] = v
+		return
+	case old != collided:
+		ns, nl := int(old>>32), int(uint32(old))
+		if t.collide == nil {
+			t.collide = map[string]uint64{}
+		}
+		t.collide[c.arena[ns:ns+nl]] = old
+		t.byHash[h] = collided
+	}
+	if t.collide == nil {
+		t.collide = map[string]uint64{}
+	}
+	t.collide[name] = v
+}
 
 // packed returns the packed digests listed for name in t.
 func (c *Compiled) packed(t table, name []byte) (string, bool) {
-	span, ok := t[string(name)]
+	return c.packedHash(t, name, maphash.Bytes(c.seed, name))
+}
+
+// packedHash is packed for a name whose hash is h.
+func (c *Compiled) packedHash(t table, name []byte, h uint64) (string, bool) {
+	v, ok := t.byHash[h]
 	if !ok {
 		return "", false
 	}
-	return c.arena[span>>32 : uint32(span)], true
+	if v == collided {
+		if v, ok = t.collide[string(name)]; !ok {
+			return "", false
+		}
+	}
+	ns, nl := int(v>>32), int(uint32(v))
+	if nl != len(name) || c.arena[ns:ns+nl] != string(name) {
+		return "", false
+	}
+	start := ns + nl + 4
+	n := int(binary.LittleEndian.Uint32([]byte(c.arena[ns+nl : start])))
+	return c.arena[start : start+n], true
 }
 
 // MustCompile is Compile for policies known to be valid (tests, built-in policies); it panics on error.

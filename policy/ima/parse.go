@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -249,11 +248,30 @@ func (p *Parser) decodeHex(tok []byte) ([]byte, bool) {
 	start := len(p.arena)
 	p.arena = p.arena[:start+len(tok)/2]
 	out := p.arena[start:]
-	if _, err := hex.Decode(out, tok); err != nil {
-		return nil, false
+	tok = tok[:2*len(out)]
+	for i := range out {
+		hi, lo := hexValue[tok[2*i]], hexValue[tok[2*i+1]]
+		if hi|lo > 0x0f {
+			return nil, false
+		}
+		out[i] = hi<<4 | lo
 	}
 	return out, true
 }
+
+// hexValue maps a hex digit (either case) to its value, anything else to 0xff.
+var hexValue = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
+	}
+	for i := byte(0); i < 10; i++ {
+		t['0'+i] = i
+	}
+	for i := byte(0); i < 6; i++ {
+		t['a'+i], t['A'+i] = 10+i, 10+i
+	}
+	return t
+}()
 
 func parsePCR(b []byte) (int, bool) {
 	if len(b) == 0 || len(b) > 9 {
