@@ -19,6 +19,12 @@
 //
 // Where Keylime is fragile or wrong this package deliberately differs; each difference:
 //
+//   - A bank whose hash the kernel cannot compute when IMA starts (no built-in driver: the SHA-384
+//     bank of the captured Debian 6.1 kernel in testdata) is extended with the SHA-1 template hash
+//     padded with zeros, not with H_bank(template data). Attest tries both (ExtendMode), keeps the
+//     one the quote matched in State.Extend and uses only that one afterwards; an in-memory log is
+//     replayed a second time in the padded mode only when the first replay matched nowhere. Keylime
+//     knows only H_bank and cannot attest such a bank.
 //   - The template-hash column's algorithm is taken from its length (40, 64, 96 or 128 hex digits),
 //     so the per-bank lists of newer kernels (ascii_runtime_measurements_sha256) work; Keylime uses
 //     the policy's ima.log_hash_alg and fails every line of a log whose column differs. The column
@@ -53,8 +59,10 @@
 //   - Allowlist conversion drops "<algo>:" digest prefixes, lower-cases digests, replaces spaces in
 //     paths with '_', skips '#' comment lines and refuses malformed lines (Keylime skips them).
 //   - DSSE envelopes must have payloadType application/vnd.keylime+json; Keylime's verifier does not
-//     look. Without a key an envelope is only unwrapped: there is no trust-on-first-use of the
-//     certificate in a keyid, which Keylime's library would verify against without any chain.
+//     look. OpenRuntimePolicy verifies whenever a key is given (Keylime's verifier unwraps without
+//     verifying unless require_allow_list_signatures is set, even with a key). Without a key an
+//     envelope is only unwrapped: there is no trust in the certificate carried in a keyid, which
+//     Keylime's library would verify against without any chain.
 //   - Device-mapper policies (ima.dm_policy) are refused unless null, as Keylime's schema does.
 //
 // Not supported: SM3 PCR banks and Streebog/SM3 file signatures (not in Go's standard library),

@@ -29,6 +29,7 @@ type ParseError struct {
 	Text string
 }
 
+// Error names the entry and line and says what is wrong.
 func (e *ParseError) Error() string {
 	return fmt.Sprintf("IMA log entry %d (line %d): %s", e.Entry, e.Line, e.Reason)
 }
