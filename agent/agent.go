@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/ca"
 	"github.com/keylime-go/keylime/internal/client"
 	"github.com/keylime-go/keylime/internal/transport"
@@ -210,8 +210,6 @@ func (a *Agent) serveAPI(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-var uuidPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,255}$`)
-
 // resolveUUID turns the uuid setting into the agent id: explicit, "generate" (random v4, remembered in
 // dataDir/uuid so restarts keep it) or "hash_ek".
 func resolveUUID(setting, dataDir string, ek *device.EK) (string, error) {
@@ -225,7 +223,7 @@ func resolveUUID(setting, dataDir string, ek *device.EK) (string, error) {
 	case "generate", "":
 		path := filepath.Join(dataDir, "uuid")
 		if b, err := os.ReadFile(path); err == nil {
-			if id := strings.TrimSpace(string(b)); uuidPattern.MatchString(id) {
+			if id := strings.TrimSpace(string(b)); api.ValidAgentID(id) {
 				return id, nil
 			}
 		}
@@ -235,7 +233,7 @@ func resolveUUID(setting, dataDir string, ek *device.EK) (string, error) {
 		}
 		return id, ca.WriteFileAtomic(path, []byte(id+"\n"), 0o600)
 	default:
-		if !uuidPattern.MatchString(setting) {
+		if !api.ValidAgentID(setting) {
 			return "", fmt.Errorf("invalid agent uuid %q: use a UUID, \"generate\" or \"hash_ek\"", setting)
 		}
 		return setting, nil

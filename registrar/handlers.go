@@ -47,11 +47,8 @@ func (r *Registrar) version(*httpx.Request) (any, error) {
 	return api.ServerVersion{CurrentVersion: api.CurrentVersion, SupportedVersions: api.SupportedVersions}, nil
 }
 
-// agentIDPattern is Keylime's rule for agent ids ([\w.-]+), bounded in length.
-var agentIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,255}$`)
-
 func checkAgentID(id string) error {
-	if !agentIDPattern.MatchString(id) {
+	if !api.ValidAgentID(id) {
 		return httpx.Errorf(http.StatusBadRequest, "invalid agent id %q: use 1-255 characters from [A-Za-z0-9_.-]", truncate(id, 80))
 	}
 	return nil

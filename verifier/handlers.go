@@ -46,11 +46,9 @@ func (v *Verifier) version(*httpx.Request) (any, error) {
 	return api.ServerVersion{CurrentVersion: api.CurrentVersion, SupportedVersions: api.SupportedVersions}, nil
 }
 
-var agentIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,255}$`)
-
 func agentID(req *httpx.Request) (string, error) {
 	id := req.Param("id")
-	if !agentIDPattern.MatchString(id) {
+	if !api.ValidAgentID(id) {
 		if len(id) > 80 {
 			id = id[:80] + "…"
 		}

@@ -78,3 +78,17 @@ func cmpInt(a, b int) int {
 	}
 	return 0
 }
+
+// ValidAgentID reports whether id is an agent id Keylime accepts ([\w.-]+, ASCII), at most 255 characters.
+func ValidAgentID(id string) bool {
+	if id == "" || len(id) > 255 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
