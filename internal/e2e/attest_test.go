@@ -319,17 +319,7 @@ func TestAttacksRefused(t *testing.T) {
 // agentNK fetches an agent's NK public key PEM over its API.
 func agentNK(t *testing.T, s *System, a *Agent) string {
 	t.Helper()
-	cert, err := transport.LoadKeyPair(filepath.Join(a.DataDir, "server-cert.crt"), filepath.Join(a.DataDir, "server-private.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := s.ClientTLS()
-	conf, err := transport.PinnedClientConfig(&cl.Cert, cert.Leaf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := client.NewAgent(transport.NewHTTPClient(conf, 5*time.Second), "https://127.0.0.1:"+strconv.Itoa(a.Port), api.CurrentVersion)
-	pem, err := c.PubKey(context.Background())
+	pem, err := agentClient(t, s, a).PubKey(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
