@@ -75,7 +75,7 @@ func TestQuoteAPI(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Integrity quote of PCRs 0 and 15 with the NK, the IMA log from entry 1 and the UEFI log.
-			code, env := get(t, h, "/v2.6/quotes/integrity?nonce=abcdefghij0123456789&mask=0x8001&partial=0&ima_ml_entry=1")
+			code, env := get(t, h, "/v2.6/quotes/integrity?nonce=abcdefghij0123456789&mask=0x8401&partial=0&ima_ml_entry=1")
 			if code != 200 {
 				t.Fatalf("%d %s", code, env.Status)
 			}
@@ -91,8 +91,8 @@ func TestQuoteAPI(t *testing.T) {
 			if err != nil {
 				t.Fatalf("our own quote does not verify: %v", err)
 			}
-			if len(data.PCRs) != 3 || data.PCRs[0] == nil || data.PCRs[15] == nil || data.PCRs[16] == nil {
-				t.Errorf("quoted PCRs %v, want 0, 15, 16", data.PCRs)
+			if len(data.PCRs) != 4 || data.PCRs[0] == nil || data.PCRs[10] == nil || data.PCRs[15] == nil || data.PCRs[16] == nil {
+				t.Errorf("quoted PCRs %v, want 0, 10, 15, 16", data.PCRs)
 			}
 			want16, _ := tpm.DataPCRValue("sha256", []byte(q.PubKey))
 			if string(data.PCRs[16]) != string(want16) || !strings.HasPrefix(q.PubKey, "-----BEGIN PUBLIC KEY-----") {
@@ -105,8 +105,15 @@ func TestQuoteAPI(t *testing.T) {
 			if q.MBMeasurementList == nil || *q.MBMeasurementList != base64.StdEncoding.EncodeToString([]byte{1, 2, 3}) {
 				t.Errorf("mb_measurement_list = %v", q.MBMeasurementList)
 			}
+			// Without PCR 10 in the mask: no IMA log.
+			_, env = get(t, h, "/v2.6/quotes/integrity?nonce=x0&mask=0x8000&partial=1&ima_ml_entry=0")
+			q = api.QuoteResponse{}
+			_ = env.Decode(&q)
+			if q.IMAMeasurementList != nil || q.IMAMeasurementListEntry != nil {
+				t.Errorf("IMA log sent although PCR 10 was not asked for: %+v", q)
+			}
 			// partial=1: no NK; mask without PCR 0: no UEFI log; entry beyond the log: whole log from 0.
-			_, env = get(t, h, "/v2.1/quotes/integrity?nonce=x1&mask=0x0&partial=1&ima_ml_entry=99")
+			_, env = get(t, h, "/v2.1/quotes/integrity?nonce=x1&mask=0x400&partial=1&ima_ml_entry=99")
 			q = api.QuoteResponse{}
 			_ = env.Decode(&q)
 			if q.PubKey != "" || q.MBMeasurementList != nil || *q.IMAMeasurementListEntry != 0 || !strings.HasPrefix(*q.IMAMeasurementList, "10 a ") {

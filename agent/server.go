@@ -178,7 +178,7 @@ func (a *Agent) quote(version, nonce string, mask uint32, withPubkey bool, imaEn
 	if withPubkey {
 		res.PubKey = string(a.nkPEM)
 	}
-	if imaEntry >= 0 && a.cfg.IMALogPath != "" {
+	if imaEntry >= 0 && mask&(1<<10) != 0 && a.cfg.IMALogPath != "" {
 		list, first, err := readIMALog(a.cfg.IMALogPath, imaEntry)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("read IMA log: %w", err)

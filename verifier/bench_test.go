@@ -49,14 +49,14 @@ func TestCheckRealQuotes(t *testing.T) {
 	v := &Verifier{log: zerolog.Nop()}
 	for _, name := range []string{"quote-rsa.json", "quote-ecc.json"} {
 		f, st := loadQuoteFixture(t, name)
-		if res := v.check(st, &f.Response, f.Nonce, false); len(res.failures) != 0 {
+		if res := v.check(st, &f.Response, f.Nonce, false, agentPolicies{}); len(res.failures) != 0 {
 			t.Errorf("%s: genuine quote failed: %+v", name, res.failures)
 		}
-		if res := v.check(st, &f.Response, "another-nonce", false); len(res.failures) == 0 {
+		if res := v.check(st, &f.Response, "another-nonce", false, agentPolicies{}); len(res.failures) == 0 {
 			t.Errorf("%s: quote accepted for another nonce", name)
 		}
 		st.rec.NKPEM = "-----BEGIN PUBLIC KEY-----\nother\n-----END PUBLIC KEY-----\n"
-		if res := v.check(st, &f.Response, f.Nonce, false); len(res.failures) != 1 || res.failures[0].EventID != "pcr_validation.invalid_pcr_16" {
+		if res := v.check(st, &f.Response, f.Nonce, false, agentPolicies{}); len(res.failures) != 1 || res.failures[0].EventID != "pcr_validation.invalid_pcr_16" {
 			t.Errorf("%s: PCR 16 bound to another key not caught: %+v", name, res.failures)
 		}
 	}
@@ -71,7 +71,7 @@ func BenchmarkCheckQuote(b *testing.B) {
 			f, st := loadQuoteFixture(b, name)
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				if res := v.check(st, &f.Response, f.Nonce, false); len(res.failures) != 0 {
+				if res := v.check(st, &f.Response, f.Nonce, false, agentPolicies{}); len(res.failures) != 0 {
 					b.Fatal(res.failures)
 				}
 			}

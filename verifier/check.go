@@ -8,6 +8,7 @@ import (
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/policy"
+	"github.com/keylime-go/keylime/policy/mb"
 	"github.com/keylime-go/keylime/tpm"
 )
 
@@ -16,6 +17,8 @@ type checkResult struct {
 	failures []policy.Failure
 	clock    clockInfo
 	nkPEM    string
+	// integrity is what the measured-boot and IMA checks found (their failures are in failures).
+	integrity integrityResult
 }
 
 func quoteFailure(id, msg string, ctx map[string]any) policy.Failure {
@@ -50,7 +53,7 @@ func acceptsEncAlg(accepted []string, got string) bool {
 
 // check verifies a quote response against st's AK, nonce and policies. Every check runs; the result
 // lists all failures, the first one being the most basic (signature before PCRs).
-func (v *Verifier) check(st *agentState, q *api.QuoteResponse, nonce string, wantPubkey bool) checkResult {
+func (v *Verifier) check(st *agentState, q *api.QuoteResponse, nonce string, wantPubkey bool, pols agentPolicies) checkResult {
 	st.mu.Lock()
 	rec := st.rec
 	ak, pol := st.ak, st.policy
@@ -117,7 +120,23 @@ func (v *Verifier) check(st *agentState, q *api.QuoteResponse, nonce string, wan
 	for pcr, val := range data.PCRs {
 		quoted[pcr] = hex.EncodeToString(val)
 	}
-	res.failures = append(res.failures, pol.Check(quoted, nil)...)
+	// PCRs judged by the runtime or measured-boot policy are not compared with static values.
+	var skip map[int]bool
+	if rec.RuntimePolicyName != "" || pols.mb != nil {
+		skip = map[int]bool{}
+		if rec.RuntimePolicyName != "" {
+			skip[policy.IMAPCR] = true
+		}
+		if pols.mb != nil {
+			pcrs, _ := mb.PCRsToCheck(v.cfg.MBPolicyName)
+			for _, p := range pcrs {
+				skip[p] = true
+			}
+		}
+	}
+	res.failures = append(res.failures, pol.Check(quoted, skip)...)
+	res.integrity = v.checkIntegrity(st, &rec, pols, q, data)
+	res.failures = append(res.failures, res.integrity.failures...)
 	return res
 }
 

@@ -15,6 +15,7 @@ import (
 	"fmt"
 
 	"github.com/keylime-go/keylime/internal/api"
+	"github.com/keylime-go/keylime/policy/ima"
 	"github.com/keylime-go/keylime/store"
 )
 
@@ -77,6 +78,9 @@ type record struct {
 	SignAlg          string    `json:"sign_alg,omitempty"`
 	Clock            clockInfo `json:"clock"`
 	HaveClock        bool      `json:"have_clock,omitempty"`
+	// IMA is the incremental IMA attestation state: the next entry to ask for and PCR 10 after the
+	// entries attested so far (zero: start from entry 0).
+	IMA ima.State `json:"ima_state"`
 	// NKPEM is the agent's NK as bound into PCR 16 by the last full quote.
 	NKPEM    string            `json:"nk_pem,omitempty"`
 	Failures []api.FailureInfo `json:"failures,omitempty"`

@@ -184,6 +184,9 @@ func (v *Verifier) parseAdd(id string, req *httpx.Request) (*record, []policyAct
 		if err != nil {
 			return nil, nil, httpx.BadRequest("runtime_policy must be base64", err)
 		}
+		if err := v.checkPolicySignature(raw, body.RuntimePolicyKey); err != nil {
+			return nil, nil, err
+		}
 		acts = append(acts, policyAction{kind: kindRuntime, name: deref(body.RuntimePolicyName), raw: raw})
 	} else if n := deref(body.RuntimePolicyName); n != "" {
 		acts = append(acts, policyAction{kind: kindRuntime, name: n})

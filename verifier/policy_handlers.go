@@ -2,12 +2,14 @@ package verifier
 
 import (
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"regexp"
 	"strings"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/httpx"
+	"github.com/keylime-go/keylime/policy/ima"
 	"github.com/keylime-go/keylime/store"
 )
 
@@ -66,10 +68,37 @@ func (v *Verifier) putRuntimePolicy(create bool) httpx.Handler {
 		if err != nil || len(raw) == 0 {
 			return nil, httpx.Errorf(http.StatusBadRequest, "runtime_policy must be the base64 of a runtime policy")
 		}
+		if err := v.checkPolicySignature(raw, body.RuntimePolicyKey); err != nil {
+			return nil, err
+		}
 		if err := v.storeNamed(kindRuntime, name, raw, create); err != nil {
 			return nil, err
 		}
 		return httpx.Reply{Code: http.StatusCreated, Status: "Created"}, nil
+	}
+}
+
+// checkPolicySignature verifies a DSSE-signed runtime policy with the key sent along (base64 of a PEM
+// EC public key or certificate), and refuses unsigned policies when signatures are required.
+func (v *Verifier) checkPolicySignature(raw []byte, keyB64 *string) error {
+	var key []byte
+	if keyB64 != nil && *keyB64 != "" {
+		var err error
+		if key, err = base64.StdEncoding.DecodeString(*keyB64); err != nil {
+			return httpx.Errorf(http.StatusBadRequest, "runtime_policy_key must be base64")
+		}
+	}
+	if key == nil && !v.cfg.RequirePolicySignatures {
+		return nil
+	}
+	_, err := ima.OpenRuntimePolicy(raw, key, v.cfg.RequirePolicySignatures)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ima.ErrEnvelopeSignature), errors.Is(err, ima.ErrNoKey):
+		return &httpx.Error{Code: http.StatusUnauthorized, Msg: err.Error(), Cause: err}
+	default:
+		return httpx.BadRequest("invalid runtime_policy", err)
 	}
 }
 

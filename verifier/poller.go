@@ -21,6 +21,7 @@ import (
 	"github.com/keylime-go/keylime/internal/payload"
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/policy"
+	"github.com/keylime-go/keylime/policy/ima"
 	"github.com/keylime-go/keylime/store"
 )
 
@@ -67,12 +68,13 @@ const (
 	unreachable                // network error, timeout or 5xx: retry
 	refused                    // the agent answered with another error: FAILED
 	invalid                    // the quote failed verification or policy: INVALID_QUOTE
+	restart                    // the agent rebooted: quote again at once from IMA entry 0
 )
 
 // poll is one agent's attestation loop; it returns when ctx ends or the agent reaches a final state.
 func (v *Verifier) poll(ctx context.Context, st *agentState) {
 	log := v.log.With().Str("agent", st.rec.AgentID).Logger()
-	retries := 0
+	retries, restarts := 0, 0
 	needPubkey := true // the first quote after (re)start carries the NK (partial=0)
 	for {
 		res, fails, err := v.attestOnce(ctx, st, needPubkey)
@@ -82,7 +84,7 @@ func (v *Verifier) poll(ctx context.Context, st *agentState) {
 		var wait time.Duration
 		switch res {
 		case attested:
-			retries = 0
+			retries, restarts = 0, 0
 			needPubkey = false
 			wait = v.cfg.QuoteInterval
 			if done := v.provideV(ctx, st, &retries, log); !done {
@@ -96,6 +98,12 @@ func (v *Verifier) poll(ctx context.Context, st *agentState) {
 					return
 				}
 				wait = v.retryDelay(retries)
+			}
+		case restart:
+			log.Info().Msg("agent rebooted; asking for its IMA log from entry 0")
+			restarts++
+			if restarts > 1 { // never spin on an agent that keeps restarting
+				wait = v.cfg.QuoteInterval
 			}
 		case unreachable:
 			if retries >= v.cfg.MaxRetries {
@@ -155,10 +163,12 @@ func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bo
 		return unreachable, nil, err
 	}
 	st.mu.Lock()
-	mask := policy.FormatMask(st.policy.Mask)
+	pols := v.agentPolicies(&st.rec)
+	mask := policy.FormatMask(v.quoteMask(st.policy.Mask, pols, &st.rec))
+	imaEntry := st.rec.IMA.NextEntry
 	st.mu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, v.cfg.RequestTimeout)
-	q, err := st.client.IntegrityQuote(rctx, nonce, mask, !needPubkey, 0)
+	q, err := st.client.IntegrityQuote(rctx, nonce, mask, !needPubkey, imaEntry)
 	cancel()
 	if err != nil {
 		if isCertError(err) {
@@ -178,12 +188,24 @@ func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bo
 		}
 	}
 	now := v.cfg.Now()
-	res := v.check(st, q, nonce, needPubkey)
+	res := v.check(st, q, nonce, needPubkey, pols)
 	st.mu.Lock()
 	st.rec.LastReceived = now.Unix()
 	if len(res.failures) > 0 {
+		st.rec.IMA = ima.State{} // judged again from entry 0 if the agent is reactivated
 		st.mu.Unlock()
 		return invalid, res.failures, nil
+	}
+	st.rec.IMA = res.integrity.ima
+	if res.integrity.imaRestart {
+		// The machine rebooted while an incremental IMA log was asked for: ask again from entry 0
+		// before counting an attestation.
+		st.mu.Unlock()
+		v.persist(st, false)
+		return restart, nil, nil
+	}
+	if res.integrity.mbPassed != ([32]byte{}) {
+		st.mbPassed = res.integrity.mbPassed
 	}
 	st.rec.AttestationCount++
 	st.rec.LastSuccess = now.Unix()

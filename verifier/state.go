@@ -29,6 +29,9 @@ type agentState struct {
 	// cancel stops the poller; done is closed when it has stopped. Both nil while not polling.
 	cancel context.CancelFunc
 	done   chan struct{}
+	// mbPassed identifies the last boot log (with the measured-boot policy) that passed evaluation:
+	// with measured_boot_evaluate "once" the same log is only replayed against the quote again.
+	mbPassed [32]byte
 	// deleted is set when the agent was removed; a poller that sees it exits without writing.
 	deleted bool
 }

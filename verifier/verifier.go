@@ -22,6 +22,7 @@ import (
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/httpx"
 	"github.com/keylime-go/keylime/internal/transport"
+	"github.com/keylime-go/keylime/policy/mb"
 	"github.com/keylime-go/keylime/store"
 )
 
@@ -48,6 +49,16 @@ type Config struct {
 	RequestTimeout     time.Duration
 	// MaxBody bounds request bodies (add-agent bodies carry policies; default 100 MiB as Keylime).
 	MaxBody int64
+
+	// MBPolicyName is the measured-boot policy engine ("example" when empty; "accept-all",
+	// "reject-all"); MBEvaluateAlways evaluates every quote's boot log, not only a log not seen pass.
+	MBPolicyName     string
+	MBEvaluateAlways bool
+	// RequirePolicySignatures refuses runtime policies that are not DSSE envelopes verified with the
+	// runtime_policy_key sent along (Keylime's require_allow_list_signatures).
+	RequirePolicySignatures bool
+	// IMAFailViolations fails attestation on IMA ToMToU / open-writers violations.
+	IMAFailViolations bool
 
 	// RevocationKey signs revocation messages (an agent's own revocation_key, sent by its tenant, wins).
 	RevocationKey *rsa.PrivateKey
@@ -96,6 +107,12 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 60 * time.Second
+	}
+	if cfg.MBPolicyName == "" {
+		cfg.MBPolicyName = "example"
+	}
+	if _, err := mb.PCRsToCheck(cfg.MBPolicyName); err != nil {
+		return nil, fmt.Errorf("measured_boot_policy_name: %w", err)
 	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 100 << 20

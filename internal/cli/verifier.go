@@ -66,30 +66,42 @@ func verifierCommand() *ucli.Command {
 			if !webhook {
 				rv.WebhookURL = ""
 			}
+			var mbAlways bool
+			switch vc.MeasuredBootEvaluate {
+			case "once", "":
+			case "always":
+				mbAlways = true
+			default:
+				return usagef("verifier.measured_boot_evaluate: %q is neither \"once\" nor \"always\"", vc.MeasuredBootEvaluate)
+			}
 			dbPath := config.Path(vc.KeylimeDir, vc.Database)
 			log.Info().Str("ip", vc.IP).Int("port", vc.Port).Str("database", dbPath).Str("tls_dir", srv.Dir).
 				Dur("quote_interval", vc.QuoteInterval.D()).Dur("retry_interval", vc.RetryInterval.D()).
 				Int("max_retries", vc.MaxRetries).Bool("exponential_backoff", vc.ExponentialBackoff).Msg("verifier starting")
 			v, err := verifier.New(verifier.Config{
-				Addr:               net.JoinHostPort(vc.IP, strconv.Itoa(vc.Port)),
-				DBPath:             dbPath,
-				TLS:                transport.ServerConfig(srv.Cert, srv.Pool, transport.OptionalClientCert),
-				ClientCert:         &cl.Cert,
-				ID:                 vc.UUID,
-				IP:                 vc.IP,
-				Port:               vc.Port,
-				QuoteInterval:      vc.QuoteInterval.D(),
-				RetryInterval:      vc.RetryInterval.D(),
-				MaxRetries:         vc.MaxRetries,
-				ExponentialBackoff: vc.ExponentialBackoff,
-				RequestTimeout:     vc.RequestTimeout.D(),
-				MaxBody:            vc.MaxUploadSize,
-				RevocationKey:      revKey,
-				NotifyAgents:       notifyAgents,
-				WebhookURL:         rv.WebhookURL,
-				WebhookClient:      transport.NewHTTPClient(transport.ClientConfig(&cl.Cert, cl.Pool), vc.RequestTimeout.D()),
-				NotifyQueue:        rv.QueueSize,
-				Log:                log,
+				Addr:                    net.JoinHostPort(vc.IP, strconv.Itoa(vc.Port)),
+				DBPath:                  dbPath,
+				TLS:                     transport.ServerConfig(srv.Cert, srv.Pool, transport.OptionalClientCert),
+				ClientCert:              &cl.Cert,
+				ID:                      vc.UUID,
+				IP:                      vc.IP,
+				Port:                    vc.Port,
+				QuoteInterval:           vc.QuoteInterval.D(),
+				RetryInterval:           vc.RetryInterval.D(),
+				MaxRetries:              vc.MaxRetries,
+				ExponentialBackoff:      vc.ExponentialBackoff,
+				RequestTimeout:          vc.RequestTimeout.D(),
+				MaxBody:                 vc.MaxUploadSize,
+				MBPolicyName:            vc.MeasuredBootPolicyName,
+				MBEvaluateAlways:        mbAlways,
+				RequirePolicySignatures: vc.RequireAllowListSignatures,
+				IMAFailViolations:       vc.IMAFailViolations,
+				RevocationKey:           revKey,
+				NotifyAgents:            notifyAgents,
+				WebhookURL:              rv.WebhookURL,
+				WebhookClient:           transport.NewHTTPClient(transport.ClientConfig(&cl.Cert, cl.Pool), vc.RequestTimeout.D()),
+				NotifyQueue:             rv.QueueSize,
+				Log:                     log,
 			})
 			if err != nil {
 				return err

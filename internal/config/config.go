@@ -69,6 +69,16 @@ type Verifier struct {
 	ExponentialBackoff bool     `toml:"exponential_backoff"`
 	RequestTimeout     Duration `toml:"request_timeout"`
 	MaxUploadSize      int64    `toml:"max_upload_size"`
+
+	// MeasuredBootPolicyName is the measured-boot policy engine: "example" (judge the reference state),
+	// "accept-all" or "reject-all". MeasuredBootEvaluate is "once" (per boot log) or "always".
+	MeasuredBootPolicyName string `toml:"measured_boot_policy_name"`
+	MeasuredBootEvaluate   string `toml:"measured_boot_evaluate"`
+	// RequireAllowListSignatures refuses runtime policies that are not DSSE envelopes verified with
+	// the runtime_policy_key sent along.
+	RequireAllowListSignatures bool `toml:"require_allow_list_signatures"`
+	// IMAFailViolations fails attestation on IMA ToMToU / open-writers violations (accepted by default).
+	IMAFailViolations bool `toml:"ima_fail_violations"`
 }
 
 // Tenant is the [tenant] section.
@@ -254,6 +264,9 @@ func Default() Config {
 			ExponentialBackoff: true,
 			RequestTimeout:     Duration(60 * time.Second),
 			MaxUploadSize:      104857600,
+
+			MeasuredBootPolicyName: "example",
+			MeasuredBootEvaluate:   "once",
 		},
 		Tenant: Tenant{
 			VerifierIP:              "127.0.0.1",
