@@ -11,14 +11,17 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/testbed"
+	"github.com/keylime-go/keylime/internal/testbed/softagent"
 	"github.com/keylime-go/keylime/policy/ima"
 )
 
@@ -385,5 +388,80 @@ func TestIMAVerifierRestartContinues(t *testing.T) {
 	st, err := s.WaitVerifier(a.UUID(), 15*time.Second, Attested(before.AttestationCount+3))
 	if err != nil {
 		t.Fatalf("restarted verifier did not continue from the stored index: %v %v", err, eventIDs(st))
+	}
+}
+
+// A rebooted machine (TPM reset, new IMA log) is attested again from entry 0, also when its new log
+// is already longer than the entry the verifier asks for: the quote's TPM reset count tells.
+func TestIMAReboot(t *testing.T) {
+	s := NewSystem(t)
+	s.StartVerifier(VerifierOptions{QuoteInterval: 100 * time.Millisecond})
+	tp, err := softagent.NewTPM(softagent.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	sa, err := softagent.New(ln, softagent.Config{TPM: tp, ClientCAs: s.ClientTLS().Pool, IMA: &softagent.IMAConfig{Initial: 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sa.Close() })
+	extra := func(i int) (string, [32]byte) {
+		return "/opt/extra-" + strconv.Itoa(i), sha256.Sum256([]byte("extra " + strconv.Itoa(i)))
+	}
+	p := ima.EmptyRuntimePolicy()
+	for _, f := range softagent.DefaultIMAFiles() {
+		p.Digests[f.Path] = []string{hex.EncodeToString(f.Digest[:])}
+	}
+	for i := range 5 {
+		path, d := extra(i)
+		p.Digests[path] = []string{hex.EncodeToString(d[:])}
+	}
+	pol, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := string(sa.CertPEM())
+	empty := ""
+	req := &api.AddAgentRequest{
+		CloudAgentIP: "127.0.0.1", CloudAgentPort: api.Port(ln.Addr().(*net.TCPAddr).Port), TPMPolicy: "{}", MBPolicyName: &empty,
+		Metadata: "{}", AKTPM: base64.StdEncoding.EncodeToString(sa.AKPublic()), MTLSCert: &cert, SupportedVersion: api.CurrentVersion,
+		RuntimePolicy: base64.StdEncoding.EncodeToString(pol),
+	}
+	if err := s.Verifier.Add(t.Context(), sa.UUID(), req); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // entries 10 and 11 of the first boot
+		path, d := extra(i)
+		if err := sa.AddIMAEntry(path, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := s.WaitVerifier(sa.UUID(), 10*time.Second, Attested(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sa.Reboot(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i < 5; i++ { // the new boot's entries 10-12 differ from the old boot's
+		path, d := extra(i)
+		if err := sa.AddIMAEntry(path, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err = s.WaitVerifier(sa.UUID(), 10*time.Second, func(a *api.VerifierAgent) bool {
+		return a.OperationalState != api.StateGetQuote || a.AttestationCount >= st.AttestationCount+3
+	})
+	if err != nil || st.OperationalState != api.StateGetQuote {
+		t.Fatalf("rebooted agent not attested again: %v %v %q", err, eventIDs(st), st.LastFailure)
+	}
+	// And it goes on incrementally: an unknown file in the new boot is still caught.
+	if err := sa.AddIMAEntry("/tmp/unknown", sha256.Sum256([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	st, err = s.WaitVerifier(sa.UUID(), 10*time.Second, InState(api.StateInvalidQuote))
+	if err != nil || failureWith(st, ima.EventNotInPolicy) == nil {
+		t.Fatalf("unknown file after reboot: %v %v", err, eventIDs(st))
 	}
 }
