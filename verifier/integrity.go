@@ -4,7 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"strings"
+	"unsafe"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/policy"
@@ -149,6 +149,15 @@ func (v *Verifier) checkMB(st *agentState, pols agentPolicies, q *api.QuoteRespo
 	return nil, aggs, id
 }
 
+// readOnlyBytes views s as bytes without copying (a large log is not duplicated per poll); the IMA
+// parser only reads its input.
+func readOnlyBytes(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
 // checkIMA replays the new IMA entries from the agent's stored state and judges them.
 func (v *Verifier) checkIMA(rec *record, pol *ima.Compiled, q *api.QuoteResponse, data *tpm.QuoteData, bootAggregates [][]byte) ([]policy.Failure, ima.Result) {
 	pcr10, ok := data.PCRs[policy.IMAPCR]
@@ -164,7 +173,7 @@ func (v *Verifier) checkIMA(rec *record, pol *ima.Compiled, q *api.QuoteResponse
 		return []policy.Failure{{EventID: "ima.unsupported_bank", Context: map[string]any{"message": err.Error()}}}, ima.Result{}
 	}
 	ev := ima.Evidence{
-		Reader:         strings.NewReader(*q.IMAMeasurementList),
+		Log:            readOnlyBytes(*q.IMAMeasurementList),
 		FirstEntry:     *q.IMAMeasurementListEntry,
 		Bank:           bank,
 		PCR10:          pcr10,
