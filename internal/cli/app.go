@@ -92,6 +92,7 @@ func newApp(stdout, stderr io.Writer) *ucli.App {
 			verifierCommand(),
 			tenantCommand(),
 			caCommand(),
+			policyCommand(),
 			versionCommand(),
 		},
 		OnUsageError: func(_ *ucli.Context, err error, _ bool) error { return usageError{err} },
