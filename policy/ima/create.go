@@ -63,7 +63,8 @@ type LogDigests struct {
 	BootAggregateAlg string
 	// Entries is the number of entries read.
 	Entries int
-	// OtherAlgo counts file entries left out because their digest algorithm is not Algo, by algorithm.
+	// OtherAlgo counts entries left out because their digest algorithm is not Algo, or is one a policy
+	// cannot hold (md5), by algorithm.
 	OtherAlgo map[string]int
 	// Violations counts violation entries (no digest to keep); BadTemplateHash entries whose template
 	// hash does not match their data (the line cannot be trusted); Excluded entries matching Excluded.
@@ -108,6 +109,11 @@ func DigestsFromLog(r io.Reader, opts LogDigestOptions) (*LogDigests, error) {
 			continue
 		}
 		name := string(e.Name)
+		if len(e.Digest) < minPolicyDigest {
+			// MD5 and shorter: a runtime policy cannot hold them (Keylime's schema wants 40-128 hex digits).
+			out.OtherAlgo[e.DigestAlg]++
+			continue
+		}
 		digest := hex.EncodeToString(e.Digest)
 		if e.Kind != KindBuffer {
 			if name == bootAggregate {
@@ -146,6 +152,9 @@ func DigestsFromLog(r io.Reader, opts LogDigestOptions) (*LogDigests, error) {
 	}
 	return out, nil
 }
+
+// minPolicyDigest is the shortest digest a runtime policy holds (SHA-1, 20 bytes).
+const minPolicyDigest = 20
 
 // addDigest adds d to m[name] unless it is there.
 func addDigest(m map[string][]string, name, d string) {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/md5"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/x509"
@@ -113,7 +114,13 @@ func TestDigestsFromLogEntries(t *testing.T) {
 	tdDigest(&td, "sha1", d1[:])
 	tdName(&td, "/usr/bin/c")
 	fileC := logLine(10, td.Bytes(), "ima-ng", fmt.Sprintf("sha1:%x", d1), "/usr/bin/c")
-	log := join(fileA, fileB, imaKey, builtinKey, cmdline, violation, badHash, fileC)
+	// An ima-ng entry with an MD5 digest, which no runtime policy can hold.
+	dm := md5.Sum([]byte("m"))
+	td.Reset()
+	tdDigest(&td, "md5", dm[:])
+	tdName(&td, "/usr/bin/m")
+	fileM := logLine(10, td.Bytes(), "ima-ng", fmt.Sprintf("md5:%x", dm), "/usr/bin/m")
+	log := join(fileA, fileB, imaKey, builtinKey, cmdline, violation, badHash, fileC, fileM)
 
 	files := map[string][]string{"/usr/bin/a": {hexSHA([]byte("a"))}, "/usr/bin/b": {hexSHA([]byte("b"))}}
 	tests := []struct {
@@ -152,7 +159,7 @@ func TestDigestsFromLogEntries(t *testing.T) {
 				}
 			}
 			if got.Violations != 1 || got.BadTemplateHash != 1 || got.IgnoredKeys != tc.ignoredKeys || got.Buffers != tc.buffers ||
-				got.OtherAlgo["sha1"] != tc.otherAlgo || got.Excluded != tc.excluded || got.Entries != 8 {
+				got.OtherAlgo["sha1"] != tc.otherAlgo || got.OtherAlgo["md5"] != 1 || got.Excluded != tc.excluded || got.Entries != 9 {
 				t.Errorf("counts %+v", got)
 			}
 		})
@@ -375,4 +382,37 @@ func TestPolicyPath(t *testing.T) {
 	if !regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$`).MatchString(NewCreatedPolicy(time.Now()).Meta.Timestamp) {
 		t.Fatal("timestamp layout")
 	}
+}
+
+// FuzzDigestsFromLog feeds arbitrary logs to DigestsFromLog: it must not panic, and whatever it
+// keeps must make a policy the decoder takes and that accepts those entries.
+func FuzzDigestsFromLog(f *testing.F) {
+	for _, c := range []string{"vm-ovmf-ima-ng", "vm-ovmf-ima-sig"} {
+		f.Add(readFile(f, filepath.Join("testdata", c, "ascii_runtime_measurements")))
+	}
+	f.Add(readFile(f, filepath.Join("testdata", "keylime", "ima-log-sha256")))
+	line, _ := bufLine("kexec-cmdline", []byte("root=/dev/sda"))
+	f.Add(join(line, fmt.Sprintf("10 %s ima-ng sha256:%s /x", strings.Repeat("0", 40), strings.Repeat("0", 64))))
+	f.Fuzz(func(t *testing.T, log []byte) {
+		got, err := DigestsFromLog(bytes.NewReader(log), LogDigestOptions{Keyrings: true, IMABuf: true})
+		if err != nil {
+			var pe *ParseError
+			if !errors.As(err, &pe) {
+				t.Fatalf("error is not a ParseError: %v", err)
+			}
+			return
+		}
+		p := NewCreatedPolicy(time.Now())
+		MergeDigests(p.Digests, got.Digests)
+		MergeDigests(p.Keyrings, got.Keyrings)
+		MergeDigests(p.IMABuf, got.IMABuf)
+		p.Normalize()
+		b, err := p.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeRuntimePolicy(b); err != nil {
+			t.Fatalf("policy from a log does not decode: %v\n%s", err, b)
+		}
+	})
 }
