@@ -76,8 +76,6 @@ type integrityResult struct {
 	// ima is the IMA state to keep after a good quote; imaRestart asks to poll again from entry 0.
 	ima        ima.State
 	imaRestart bool
-	// mbPassed is set to the log's identity when its evaluation passed.
-	mbPassed [32]byte
 }
 
 // checkIntegrity judges a verified quote's logs: the UEFI event log against the quoted measured-boot
@@ -94,9 +92,9 @@ func (v *Verifier) checkIntegrity(st *agentState, rec *record, pols agentPolicie
 
 	var bootAggregates [][]byte
 	if pols.mb != nil {
-		fails, aggs, passed := v.checkMB(st, pols, q, data)
+		fails, aggs := v.checkMB(st, pols, q, data)
 		add(fails...)
-		bootAggregates, res.mbPassed = aggs, passed
+		bootAggregates = aggs
 	}
 	if pols.runtime != nil {
 		fails, r := v.checkIMA(rec, pols.runtime, q, data, bootAggregates)
@@ -108,34 +106,41 @@ func (v *Verifier) checkIntegrity(st *agentState, rec *record, pols agentPolicie
 
 // checkMB replays the boot log against the quote and evaluates it against the reference state (once
 // per distinct log and policy unless measured_boot_evaluate is "always").
-func (v *Verifier) checkMB(st *agentState, pols agentPolicies, q *api.QuoteResponse, data *tpm.QuoteData) ([]policy.Failure, [][]byte, [32]byte) {
-	var none [32]byte
+func (v *Verifier) checkMB(st *agentState, pols agentPolicies, q *api.QuoteResponse, data *tpm.QuoteData) ([]policy.Failure, [][]byte) {
 	bank, ok := mb.BankByName(q.HashAlg)
 	if !ok {
-		return []policy.Failure{{EventID: "measured_boot.parser.invalid_pcrs_hashes", Context: map[string]any{"message": "unsupported bank " + q.HashAlg}}}, nil, none
+		return []policy.Failure{{EventID: "measured_boot.parser.invalid_pcrs_hashes", Context: map[string]any{"message": "unsupported bank " + q.HashAlg}}}, nil
 	}
 	quote := mb.Quote{Bank: bank, PCRs: data.PCRs}
 	if q.MBMeasurementList == nil || *q.MBMeasurementList == "" {
-		return mb.Check(v.cfg.MBPolicyName, pols.mb, nil, quote, false), nil, none
+		return mb.Check(v.cfg.MBPolicyName, pols.mb, nil, quote, false), nil
 	}
-	raw, err := base64.StdEncoding.DecodeString(*q.MBMeasurementList)
-	if err != nil {
-		return []policy.Failure{{EventID: "measured_boot.parser.eventlog", Context: map[string]any{"message": "mb_measurement_list is not base64: " + err.Error()}}}, nil, none
-	}
-	log, err := mb.Parse(raw)
-	if err != nil {
-		return []policy.Failure{{EventID: "measured_boot.parser.eventlog", Context: map[string]any{"message": err.Error()}}}, nil, none
-	}
+	// The log's identity: the policy and the log as sent (hashing the base64 text spares decoding a log
+	// that passed before).
 	h := sha256.New()
 	h.Write([]byte(pols.mbDigest))
-	h.Write(raw)
+	h.Write(readOnlyBytes(*q.MBMeasurementList))
 	var id [32]byte
 	h.Sum(id[:0])
 	st.mu.Lock()
-	evaluate := v.cfg.MBEvaluateAlways || st.mbPassed != id
+	known, aggs := st.mbLog, st.mbAggs
+	if st.mbPassed != id || st.mbLog == nil {
+		known, aggs = nil, nil
+	}
 	st.mu.Unlock()
-	fails := mb.CheckParsed(v.cfg.MBPolicyName, pols.mb, log, quote, evaluate)
-	var aggs [][]byte
+	if known != nil && !v.cfg.MBEvaluateAlways {
+		return mb.CheckParsed(v.cfg.MBPolicyName, pols.mb, known, quote, false), aggs
+	}
+	raw, err := base64.StdEncoding.DecodeString(*q.MBMeasurementList)
+	if err != nil {
+		return []policy.Failure{{EventID: "measured_boot.parser.eventlog", Context: map[string]any{"message": "mb_measurement_list is not base64: " + err.Error()}}}, nil
+	}
+	log, err := mb.Parse(raw)
+	if err != nil {
+		return []policy.Failure{{EventID: "measured_boot.parser.eventlog", Context: map[string]any{"message": err.Error()}}}, nil
+	}
+	fails := mb.CheckParsed(v.cfg.MBPolicyName, pols.mb, log, quote, true)
+	aggs = nil
 	for _, list := range log.PCRs().BootAggregates() {
 		for _, s := range list {
 			if b, err := hex.DecodeString(s); err == nil {
@@ -143,10 +148,14 @@ func (v *Verifier) checkMB(st *agentState, pols agentPolicies, q *api.QuoteRespo
 			}
 		}
 	}
-	if len(fails) > 0 || !evaluate {
-		return fails, aggs, none
+	if len(fails) > 0 {
+		return fails, aggs
 	}
-	return nil, aggs, id
+	// The evaluation does not depend on the rest of the quote's checks: remember the verdict.
+	st.mu.Lock()
+	st.mbPassed, st.mbLog, st.mbAggs = id, log.Replayed(), aggs
+	st.mu.Unlock()
+	return nil, aggs
 }
 
 // readOnlyBytes views s as bytes without copying (a large log is not duplicated per poll); the IMA

@@ -204,9 +204,7 @@ func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bo
 		v.persist(st, false)
 		return restart, nil, nil
 	}
-	if res.integrity.mbPassed != ([32]byte{}) {
-		st.mbPassed = res.integrity.mbPassed
-	}
+
 	st.rec.AttestationCount++
 	st.rec.LastSuccess = now.Unix()
 	st.rec.HashAlg, st.rec.EncAlg, st.rec.SignAlg = q.HashAlg, q.EncAlg, q.SignAlg

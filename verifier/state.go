@@ -13,6 +13,7 @@ import (
 	"github.com/keylime-go/keylime/internal/client"
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/policy"
+	"github.com/keylime-go/keylime/policy/mb"
 	"github.com/keylime-go/keylime/tpm"
 )
 
@@ -29,9 +30,12 @@ type agentState struct {
 	// cancel stops the poller; done is closed when it has stopped. Both nil while not polling.
 	cancel context.CancelFunc
 	done   chan struct{}
-	// mbPassed identifies the last boot log (with the measured-boot policy) that passed evaluation:
-	// with measured_boot_evaluate "once" the same log is only replayed against the quote again.
+	// mbPassed identifies the last boot log (with the measured-boot policy) that passed evaluation, and
+	// mbLog is that log's replay: with measured_boot_evaluate "once" the same log is neither parsed nor
+	// evaluated again, only its PCR values compared with each quote.
 	mbPassed [32]byte
+	mbLog    *mb.Log
+	mbAggs   [][]byte
 	// deleted is set when the agent was removed; a poller that sees it exits without writing.
 	deleted bool
 }

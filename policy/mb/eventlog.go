@@ -78,6 +78,13 @@ type PCRValues map[tpm2.TPMAlgID]map[int][]byte
 // some measured event has no digest for is left out (and named in Notes).
 func (l *Log) PCRs() PCRValues { return l.pcrs }
 
+// Replayed returns a copy of l without its events: the banks and the replayed PCR values, enough for
+// CheckPCRs, PCRs and CheckParsed without evaluation. A verifier keeps it per agent instead of parsing
+// the same boot log again on every quote.
+func (l *Log) Replayed() *Log {
+	return &Log{Legacy: l.Legacy, Banks: l.Banks, StartupLocality: l.StartupLocality, pcrs: l.pcrs}
+}
+
 // backend turns raw log bytes into events: the go-attestation parser today, go-eventlog later.
 type backend interface {
 	parse(raw []byte) (legacy bool, banks []tpm2.TPMAlgID, events []Event, err error)
