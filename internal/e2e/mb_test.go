@@ -17,7 +17,7 @@ import (
 )
 
 // bootLog is a UEFI event log captured from a real measured boot (OVMF, Secure Boot off).
-const bootLog = "../../policy/mb/testdata/vm-ovmf-ima-ng/binary_bios_measurements"
+const bootLog = "../../testdata/vm-ovmf-ima-ng/binary_bios_measurements"
 
 // An agent whose TPM holds a replayed real boot is attested with a reference state generated from
 // that log; a later extend of PCR 4 (a boot application measured after the fact) fails naming PCR 4.
