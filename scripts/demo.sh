@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # demo.sh — the whole system on one machine in about ten seconds:
-#   build the static binary, start a software TPM, the registrar, the verifier and an agent, add the
-#   agent with a tpm_policy, show it attested, change a PCR behind the agent's back, show the verifier
-#   catch it with a readable reason, and clean everything up.
+#   build the static binary, start a software TPM, the registrar, the verifier and an agent whose
+#   machine "runs" a few programs (an IMA log, with PCR 10 extended as the kernel would), build a runtime
+#   policy from that log, add the agent with it and a tpm_policy, show it attested, run a program the
+#   policy does not know, show the verifier catch it naming the file, and clean everything up.
 # Usage: scripts/demo.sh            (KEEP=1 keeps the work directory; DEMO_DIR picks it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +64,7 @@ contact_port = $AGENT_PORT
 registrar_port = $REG_PORT
 trusted_client_ca = "$DIR/cv_ca/cacert.crt"
 tpm = "swtpm:$DIR/tpm/swtpm.sock"
+ima_ml_path = "$DIR/ima/ascii_runtime_measurements"
 EOC
 export KEYLIME_CONFIG="$DIR/keylime.toml"
 K="$ROOT/keylime"
@@ -73,6 +75,21 @@ step "software TPM (swtpm) with EK certificates from a local CA"
 # The tenant's EK cert store: the local CA's root and the intermediate that signed the EK certificates.
 mkdir -p "$DIR/certstore"
 cp "$DIR/tpm/ca/swtpm-localca-rootca-cert.pem" "$DIR/tpm/ca/issuercert.pem" "$DIR/certstore/"
+
+# The kernel's IMA, played by the demo: each "executed" file gets an ima-ng line in the ASCII log and
+# PCR 10 is extended (sha1 and sha256 banks) with the hash of the entry's template data.
+IMA_LOG="$DIR/ima/ascii_runtime_measurements"
+mkdir -p "$DIR/ima" && : >"$IMA_LOG"
+le32() { printf "\\x$(printf %02x $(($1 & 255)))\\x$(printf %02x $((($1 >> 8) & 255)))\\x00\\x00"; }
+ima_measure() { # NAME [CONTENT_FILE]
+	local name=$1 file=${2:-$1} digest tmpl th
+	digest=$(sha256sum "$file" | cut -d' ' -f1)
+	tmpl="$DIR/ima/template"
+	{ le32 40; printf 'sha256:\0'; printf "$(sed 's/../\\x&/g' <<<"$digest")"; le32 $((${#name} + 1)); printf '%s\0' "$name"; } >"$tmpl"
+	th=$(sha1sum "$tmpl" | cut -d' ' -f1)
+	echo "10 $th ima-ng sha256:$digest $name" >>"$IMA_LOG"
+	tpm2_pcrextend -T "swtpm:path=$DIR/tpm/swtpm.sock" "10:sha1=$th,sha256=$(sha256sum "$tmpl" | cut -d' ' -f1)"
+}
 
 wait_for() { # description, command…
 	local what=$1; shift
@@ -94,16 +111,27 @@ mkdir -p "$DIR/agent"
 wait_for "agent registration" "$K" tenant regstatus -u "$UUID" --json
 "$K" tenant regstatus -u "$UUID"
 
-step "tenant add: EK certificate checked against the cert store, identity quote checked, policy on PCR 15"
+step "the machine boots and runs programs: IMA logs each one and extends PCR 10"
+head -c 256 /dev/zero >"$DIR/ima/pcrs0-7"   # boot_aggregate: H(PCR 0 || … || PCR 7), all zero on swtpm
+ima_measure boot_aggregate "$DIR/ima/pcrs0-7"
+for f in /usr/bin/env /usr/bin/bash /usr/bin/ls /usr/bin/cat; do ima_measure "$f"; done
+cat "$IMA_LOG"
+
+step "runtime policy from the known-good log (keylime policy create runtime)"
+"$K" policy create runtime --ima-log "$IMA_LOG" -o "$DIR/runtime-policy.json"
+"$K" policy evaluate runtime --ima-log "$IMA_LOG" --runtime-policy "$DIR/runtime-policy.json"
+
+step "tenant add: EK certificate checked against the cert store, identity quote checked, policies on PCR 15 and IMA"
 PCR15=$(tpm2_pcrread -T "swtpm:path=$DIR/tpm/swtpm.sock" sha256:15 | awk '/^ *15 *:/{print tolower($NF)}' | sed 's/^0x//')
-"$K" tenant add -u "$UUID" --tpm_policy "{\"15\": [\"$PCR15\"]}"
+"$K" tenant add -u "$UUID" --tpm_policy "{\"15\": [\"$PCR15\"]}" --runtime-policy "$DIR/runtime-policy.json" --wait 20s
 sleep 2.5
 "$K" tenant status -u "$UUID"
 
-step "something measures an unexpected value into PCR 15 behind the agent's back"
-tpm2_pcrextend -T "swtpm:path=$DIR/tpm/swtpm.sock" "15:sha256=$(printf 'rootkit' | sha256sum | cut -d' ' -f1)"
+step "someone runs a program the policy does not know"
+printf '#!/bin/sh\necho mining\n' >"$DIR/cryptominer"
+ima_measure /tmp/cryptominer "$DIR/cryptominer"
 sleep 2.5
-step "the verifier caught it"
+step "the verifier caught it, naming the file"
 "$K" tenant status -u "$UUID" || true
 echo
 echo "demo: done. Logs: registrar, verifier and agent logs were in $DIR (KEEP=1 keeps them)."

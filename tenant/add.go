@@ -14,6 +14,7 @@ import (
 	"github.com/keylime-go/keylime/internal/client"
 	"github.com/keylime-go/keylime/internal/transport"
 	"github.com/keylime-go/keylime/policy"
+	"github.com/keylime-go/keylime/policy/mb"
 	"github.com/keylime-go/keylime/tpm"
 )
 
@@ -33,6 +34,15 @@ type AddOptions struct {
 	NoEKCheck bool
 	// AgentAPIVersion forces the agent API version instead of negotiating it (--agent-api-version).
 	AgentAPIVersion string
+	// RuntimePolicy is sent with the agent: stored on the verifier under RuntimePolicyName, or owned by
+	// the agent (deleted with it) when no name is given. RuntimePolicyName alone names a policy stored
+	// before (addruntimepolicy). Either adds PCR 10 to the mask.
+	RuntimePolicy     RuntimePolicyInput
+	RuntimePolicyName string
+	// MBPolicy (a measured-boot reference state) and MBPolicyName likewise; a non-empty reference state
+	// or a name adds the measured-boot PCRs to the mask.
+	MBPolicy     []byte
+	MBPolicyName string
 	// Payload, when set, is delivered to the agent: sealed under a fresh key K, U sent to the agent now
 	// and V to the verifier, which releases it only after a good attestation (-f, --include).
 	Payload []byte
@@ -114,6 +124,29 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 	pol, err := BuildTPMPolicy(opts.TPMPolicy)
 	if err != nil {
 		return nil, nil, err
+	}
+	// Policies are checked before anything is asked of the registrar, the agent or the verifier.
+	var rp *preparedRuntimePolicy
+	if !opts.RuntimePolicy.Empty() {
+		if rp, err = prepareRuntimePolicy(opts.RuntimePolicy); err != nil {
+			return nil, nil, err
+		}
+	}
+	if rp != nil || opts.RuntimePolicyName != "" {
+		pol.Mask |= 1 << policy.IMAPCR
+	}
+	mbPCRs := opts.MBPolicyName != ""
+	if opts.MBPolicy != nil {
+		ref, err := mb.ParseRefState(opts.MBPolicy)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: measured-boot policy: %w", ErrBadPolicy, err)
+		}
+		mbPCRs = mbPCRs || !ref.Empty()
+	}
+	if mbPCRs {
+		for _, p := range policy.MeasuredBootPCRs {
+			pol.Mask |= 1 << p
+		}
 	}
 	rec, err := t.RegStatus(ctx, id)
 	if err != nil {
@@ -208,7 +241,7 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 
 	vip, vport := hostPort(t.cfg.VerifierURL)
 	vp := api.Port(vport)
-	empty := ""
+	mbName := opts.MBPolicyName
 	body := &api.AddAgentRequest{
 		V:                       vB64,
 		CloudAgentIP:            res.VerifierAgentIP,
@@ -216,9 +249,7 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 		VerifierIP:              &vip,
 		VerifierPort:            &vp,
 		TPMPolicy:               res.TPMPolicy,
-		RuntimePolicy:           "",
-		MBPolicy:                nil,
-		MBPolicyName:            &empty,
+		MBPolicyName:            &mbName,
 		IMASignVerificationKeys: "",
 		Metadata:                "{}",
 		RevocationKey:           "",
@@ -228,6 +259,20 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 		AKTPM:                   rec.AIKTPM,
 		MTLSCert:                rec.MTLSCert,
 		SupportedVersion:        res.AgentAPIVersion,
+	}
+	if rp != nil {
+		body.RuntimePolicy = rp.policy
+		if rp.key != "" {
+			body.RuntimePolicyKey = &rp.key
+		}
+	}
+	if opts.RuntimePolicyName != "" {
+		name := opts.RuntimePolicyName
+		body.RuntimePolicyName = &name
+	}
+	if opts.MBPolicy != nil {
+		text := string(opts.MBPolicy)
+		body.MBPolicy = &text
 	}
 	return body, res, nil
 }

@@ -60,7 +60,7 @@ func tenantCommand() *ucli.Command {
 		Usage:        "enrol agents with the verifier and query or change their state (Keylime's keylime_tenant)",
 		Description:  tenantDescription,
 		OnUsageError: onUsageError,
-		Subcommands: []*ucli.Command{
+		Subcommands: append([]*ucli.Command{
 			tenantSub("add", "check an agent (registrar record, EK certificate, identity quote) and add it to the verifier", addFlags(), tenantAdd(false)),
 			tenantSub("update", "run add's checks, then replace the agent's enrolment on the verifier (delete, then add)", addFlags(), tenantAdd(true)),
 			tenantSub("delete", "remove an agent from the verifier", []ucli.Flag{uuidFlag()}, tenantDelete),
@@ -72,7 +72,7 @@ func tenantCommand() *ucli.Command {
 			tenantSub("regstatus", "show an agent's registrar record", []ucli.Flag{uuidFlag()}, tenantRegStatus),
 			tenantSub("reglist", "list the agents at the registrar", nil, tenantRegList),
 			tenantSub("regdelete", "remove an agent from the registrar", []ucli.Flag{uuidFlag()}, tenantRegDelete),
-		},
+		}, policySubcommands()...),
 	}
 }
 
@@ -121,7 +121,7 @@ func waitFlag() ucli.Flag {
 }
 
 func addFlags() []ucli.Flag {
-	return []ucli.Flag{
+	return append([]ucli.Flag{
 		uuidFlag(),
 		&ucli.StringFlag{Name: "targethost", Aliases: []string{"t"}, Usage: "the agent's address", DefaultText: "as registered"},
 		&ucli.IntFlag{Name: "targetport", Aliases: []string{"tp"}, Usage: "the agent's port", DefaultText: "as registered"},
@@ -134,8 +134,11 @@ func addFlags() []ucli.Flag {
 		&ucli.BoolFlag{Name: "verify", Usage: "wait until the agent proves it derived the payload key (keys/verify); stop it on the verifier if it never does"},
 		&ucli.StringFlag{Name: "cert_store", Usage: "directory of EK CA certificates (tenant.tpm_cert_store)"},
 		&ucli.StringFlag{Name: "agent-api-version", Aliases: []string{"supported-version"}, Usage: "agent API version to use instead of negotiating it"},
+		&ucli.StringFlag{Name: "runtime-policy-name", Usage: "name of a runtime policy on the verifier (with --runtime-policy: store it under this name)"},
+		&ucli.StringFlag{Name: "mb-policy-name", Usage: "name of a measured-boot reference state on the verifier (with --mb-policy: store it under this name)"},
+		mbPolicyFlag(),
 		waitFlag(),
-	}
+	}, runtimePolicyFlags()...)
 }
 
 // newTenant loads the configuration with the command's overrides and builds a tenant.
@@ -202,7 +205,7 @@ func newTenant(c *ucli.Context) (*tenant.Tenant, error) {
 
 // tenantError marks the caller's mistakes as usage errors; everything else exits 1 (or 4, already typed).
 func tenantError(err error) error {
-	if errors.Is(err, policy.ErrBadTPMPolicy) || errors.Is(err, tenant.ErrNoAgentID) {
+	if errors.Is(err, policy.ErrBadTPMPolicy) || errors.Is(err, tenant.ErrNoAgentID) || isPolicyInputError(err) {
 		return usageError{err}
 	}
 	return err
@@ -248,6 +251,13 @@ func agentID(c *ucli.Context) (string, error) {
 		return "", usagef("tenant %s: --uuid (-u) is required", c.Command.Name)
 	}
 	return id, nil
+}
+
+func yesNo(b int) string {
+	if b == 1 {
+		return "yes"
+	}
+	return "no"
 }
 
 // emit prints v as JSON with --json, else calls human.
@@ -423,6 +433,14 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 		if opts.Payload, err = readPayload(c.String("file"), c.String("include"), c.String("cert"), id); err != nil {
 			return err
 		}
+		if opts.RuntimePolicy, err = readRuntimePolicyInput(c); err != nil {
+			return err
+		}
+		opts.RuntimePolicyName = c.String("runtime-policy-name")
+		if opts.MBPolicy, err = readFileFlag(c, "mb-policy"); err != nil {
+			return err
+		}
+		opts.MBPolicyName = c.String("mb-policy-name")
 		if c.Bool("verify") && opts.Payload == nil {
 			return usagef("--verify needs a payload (-f or --include)")
 		}
@@ -569,6 +587,9 @@ func printVerifierStatus(w io.Writer, st *api.VerifierAgent) {
 	fmt.Fprintf(w, "  last quote:         %s\n", unixTime(st.LastReceivedQuote))
 	fmt.Fprintf(w, "  contact:            %s\n", net.JoinHostPort(st.IP, strconv.Itoa(st.Port)))
 	fmt.Fprintf(w, "  tpm_policy:         %s\n", st.TPMPolicy)
+	if st.HasRuntimePolicy == 1 || st.HasMBRefstate == 1 {
+		fmt.Fprintf(w, "  runtime policy:     %s\n  measured boot:      %s\n", yesNo(st.HasRuntimePolicy), yesNo(st.HasMBRefstate))
+	}
 	if st.LastFailure != "" {
 		fmt.Fprintf(w, "  failure:            %s\n", st.LastFailure)
 	}

@@ -83,3 +83,66 @@ func (c *Verifier) Reactivate(ctx context.Context, id string) error {
 func (c *Verifier) Stop(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodPut, c.path("/agents/"+url.PathEscape(id)+"/stop"), nil, nil)
 }
+
+// PutRuntimePolicy stores a named runtime policy: POST /allowlists/{name} (create) or PUT (update).
+func (c *Verifier) PutRuntimePolicy(ctx context.Context, name string, req *api.RuntimePolicyRequest, update bool) error {
+	return c.do(ctx, putMethod(update), c.path("/allowlists/"+url.PathEscape(name)), req, nil)
+}
+
+// RuntimePolicy reads a named runtime policy.
+func (c *Verifier) RuntimePolicy(ctx context.Context, name string) (*api.RuntimePolicy, error) {
+	var p api.RuntimePolicy
+	if err := c.do(ctx, http.MethodGet, c.path("/allowlists/"+url.PathEscape(name)), nil, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// DeleteRuntimePolicy removes a named runtime policy (409 while an agent uses it).
+func (c *Verifier) DeleteRuntimePolicy(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, c.path("/allowlists/"+url.PathEscape(name)), nil, nil)
+}
+
+// RuntimePolicies lists the names of the runtime policies.
+func (c *Verifier) RuntimePolicies(ctx context.Context) ([]string, error) {
+	var l api.RuntimePolicyList
+	if err := c.do(ctx, http.MethodGet, c.path("/allowlists/"), nil, &l); err != nil {
+		return nil, err
+	}
+	return l.Names, nil
+}
+
+// PutMBPolicy stores a named measured-boot reference state: POST /mbpolicies/{name} or PUT (update).
+func (c *Verifier) PutMBPolicy(ctx context.Context, name string, req *api.MBPolicyRequest, update bool) error {
+	return c.do(ctx, putMethod(update), c.path("/mbpolicies/"+url.PathEscape(name)), req, nil)
+}
+
+// MBPolicy reads a named measured-boot reference state.
+func (c *Verifier) MBPolicy(ctx context.Context, name string) (*api.MBPolicy, error) {
+	var p api.MBPolicy
+	if err := c.do(ctx, http.MethodGet, c.path("/mbpolicies/"+url.PathEscape(name)), nil, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// DeleteMBPolicy removes a named measured-boot reference state (409 while an agent uses it).
+func (c *Verifier) DeleteMBPolicy(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, c.path("/mbpolicies/"+url.PathEscape(name)), nil, nil)
+}
+
+// MBPolicies lists the names of the measured-boot reference states.
+func (c *Verifier) MBPolicies(ctx context.Context) ([]string, error) {
+	var l api.MBPolicyList
+	if err := c.do(ctx, http.MethodGet, c.path("/mbpolicies/"), nil, &l); err != nil {
+		return nil, err
+	}
+	return l.Names, nil
+}
+
+func putMethod(update bool) string {
+	if update {
+		return http.MethodPut
+	}
+	return http.MethodPost
+}
