@@ -1,0 +1,177 @@
+package cli_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keylime-go/keylime/internal/e2e"
+	"github.com/keylime-go/keylime/internal/testbed"
+	"github.com/keylime-go/keylime/policy/ima"
+	"github.com/keylime-go/keylime/policy/mb"
+)
+
+// TestTenantPolicyCommands drives the named-policy commands and add --runtime-policy-name against a
+// real verifier: every change is checked locally first, bad input exits 2 and stores nothing.
+func TestTenantPolicyCommands(t *testing.T) {
+	testbed.RequireSWTPM(t)
+	s := e2e.NewSystem(t)
+	s.StartVerifier(e2e.VerifierOptions{QuoteInterval: 200 * time.Millisecond})
+	imaLog := filepath.Join(t.TempDir(), "ascii_runtime_measurements")
+	if err := os.WriteFile(imaLog, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := s.StartAgent(e2e.AgentOptions{IMALogPath: imaLog})
+	if _, err := s.WaitActive(a.UUID(), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	conf := tenantConfig(t, s, urlPort(t, s.VerifierURL), copyFiles(t, a.TPM.CACerts...))
+	tenant := func(args ...string) result {
+		t.Helper()
+		return run(t, nil, append([]string{"--config", conf, "tenant"}, args...)...)
+	}
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	list := func(cmd, key string) []string {
+		t.Helper()
+		r := tenant(cmd, "--json")
+		r.expect(t, 0, "")
+		var m map[string][]string
+		decode(t, r, &m)
+		return m[key]
+	}
+
+	pol := ima.EmptyRuntimePolicy()
+	pol.Digests["/usr/bin/true"] = []string{strings.Repeat("ab", 32)}
+	polJSON, _ := json.Marshal(pol)
+	polFile := write("policy.json", polJSON)
+
+	t.Run("runtime policies", func(t *testing.T) {
+		tenant("addruntimepolicy", "--runtime-policy-name", "web", "--runtime-policy", polFile).expect(t, 0, "")
+		if got := list("listruntimepolicy", "runtimepolicy names"); !slices.Equal(got, []string{"web"}) {
+			t.Fatalf("list = %v", got)
+		}
+		r := tenant("showruntimepolicy", "--name", "web", "--json")
+		r.expect(t, 0, "")
+		var shown struct {
+			Name          string `json:"name"`
+			RuntimePolicy string `json:"runtime_policy"`
+		}
+		decode(t, r, &shown)
+		if shown.Name != "web" || shown.RuntimePolicy != string(polJSON) {
+			t.Fatalf("show = %+v", shown)
+		}
+		tenant("addruntimepolicy", "--runtime-policy-name", "web", "--runtime-policy", polFile).expect(t, 1, "already exists")
+
+		// Bad input: exit 2, nothing stored.
+		for _, tc := range []struct{ name, file, want string }{
+			{"not a policy", write("bad.json", []byte(`{"digests": 5}`)), "invalid policy"},
+			{"bad exclude", write("bad-ex.json", []byte(`{"meta": {"version": 1, "generator": 0}, "release": 0, "digests": {}, "excludes": ["(?<=x)"], "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null}, "ima-buf": {}, "verification-keys": ""}`)), "exclude"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				tenant("addruntimepolicy", "--name", "bad", "--runtime-policy", tc.file).expect(t, 2, tc.want)
+			})
+		}
+		tenant("addruntimepolicy", "--name", "bad").expect(t, 2, "--runtime-policy")
+
+		// A legacy allowlist with an exclude list is converted.
+		al := write("allowlist.txt", []byte(strings.Repeat("cd", 32)+"  /usr/bin/env\n"))
+		ex := write("exclude.txt", []byte("/tmp/.*\n"))
+		tenant("updateruntimepolicy", "--name", "web", "--allowlist", al, "--exclude", ex).expect(t, 0, "")
+		r = tenant("showruntimepolicy", "--name", "web", "--json")
+		decode(t, r, &shown)
+		conv, err := ima.DecodeRuntimePolicy([]byte(shown.RuntimePolicy))
+		if err != nil || len(conv.Digests["/usr/bin/env"]) != 1 || !slices.Equal(conv.Excludes, []string{"/tmp/.*"}) {
+			t.Fatalf("converted allowlist %q: %v", shown.RuntimePolicy, err)
+		}
+
+		// Signed policies: verified with the key, refused with another or without one.
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		env, err := ima.SignEnvelope(polJSON, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signed := write("signed.json", env)
+		pub := func(k *ecdsa.PrivateKey) string {
+			der, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+			return write("pub-"+strings.Repeat("x", len(dir)%3)+k.X.Text(16)[:8]+".pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+		}
+		other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tenant("addruntimepolicy", "--name", "signed", "--runtime-policy", signed, "--runtime-policy-sig-key", pub(other)).expect(t, 2, "signature")
+		tenant("addruntimepolicy", "--name", "signed", "--runtime-policy", signed).expect(t, 2, "signature")
+		if got := list("listruntimepolicy", "runtimepolicy names"); !slices.Equal(got, []string{"web"}) {
+			t.Fatalf("refused policies were stored: %v", got)
+		}
+		tenant("addruntimepolicy", "--name", "signed", "--runtime-policy", signed, "--runtime-policy-sig-key", pub(key)).expect(t, 0, "")
+		tenant("deleteruntimepolicy", "--name", "signed").expect(t, 0, "")
+		tenant("deleteruntimepolicy", "--name", "signed").expect(t, 1, "not found")
+	})
+
+	t.Run("measured-boot policies", func(t *testing.T) {
+		raw, err := os.ReadFile("../../testdata/vm-ovmf-ima-ng/binary_bios_measurements")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := mb.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, _, err := mb.Generate(l, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refJSON, _ := json.Marshal(ref)
+		refFile := write("refstate.json", refJSON)
+		tenant("addmbpolicy", "--mb-policy-name", "vm", "--mb-policy", refFile).expect(t, 0, "")
+		tenant("addmbpolicy", "--name", "vm", "--mb_refstate", refFile).expect(t, 1, "already exists")
+		tenant("addmbpolicy", "--name", "junk", "--mb-policy", write("junk.json", []byte("[1, 2"))).expect(t, 2, "invalid policy")
+		if got := list("listmbpolicy", "mbpolicy names"); !slices.Equal(got, []string{"vm"}) {
+			t.Fatalf("list = %v", got)
+		}
+		r := tenant("showmbpolicy", "--name", "vm", "--json")
+		r.expect(t, 0, "")
+		var shown struct {
+			MBPolicy string `json:"mb_policy"`
+		}
+		decode(t, r, &shown)
+		if _, err := mb.ParseRefState([]byte(shown.MBPolicy)); err != nil || shown.MBPolicy != string(refJSON) {
+			t.Fatalf("show = %q (%v)", shown.MBPolicy, err)
+		}
+		tenant("updatembpolicy", "--name", "vm", "--mb-policy", refFile).expect(t, 0, "")
+		tenant("deletembpolicy", "--name", "vm").expect(t, 0, "")
+		tenant("showmbpolicy", "--name", "vm").expect(t, 1, "not found")
+	})
+
+	t.Run("add with a named runtime policy", func(t *testing.T) {
+		r := tenant("add", "-u", a.UUID(), "--runtime-policy-name", "web", "--wait", "10s", "--json")
+		r.expect(t, 0, "")
+		var added struct {
+			Mask        string `json:"mask"`
+			Attestation struct {
+				HasRuntimePolicy int `json:"has_runtime_policy"`
+				AttestationCount int `json:"attestation_count"`
+			} `json:"attestation"`
+		}
+		decode(t, r, &added)
+		if added.Mask != "0x400" || added.Attestation.HasRuntimePolicy != 1 || added.Attestation.AttestationCount < 1 {
+			t.Fatalf("add = %+v\n%s", added, r.stdout)
+		}
+		tenant("deleteruntimepolicy", "--name", "web").expect(t, 1, "in use")
+		tenant("add", "-u", a.UUID(), "--runtime-policy", write("junk2.json", []byte("{"))).expect(t, 2, "invalid policy")
+	})
+}
