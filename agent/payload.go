@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/httpx"
@@ -49,8 +50,12 @@ type bootstrap struct {
 	payload string
 	vs      [][]byte
 	k       []byte
-	// done is closed by tests' waits when a payload has been handled (nil: never).
+	// handled, when a test sets it, is closed once a payload has been handled.
 	handled chan struct{}
+	// secure guards the secure directory: the payload files, the tmpfs state (Agent.secureMounted,
+	// Agent.tmpfs) and stopped, set when the agent stops so no payload is written afterwards.
+	secure  sync.Mutex
+	stopped bool
 }
 
 func (a *Agent) keyRoutes() []httpx.Route {
@@ -184,43 +189,63 @@ func (a *Agent) handlePayload(k []byte, sealed string) {
 		}
 	}
 	dir := filepath.Join(pc.SecureDir, "unzipped")
+	if a.writePayload(dir, k, plain) {
+		a.runScript(dir)
+	}
+}
+
+// writePayload writes K and the payload into dir (unzipped when it is a zip) and reports whether the
+// payload's script may run. It holds the secure directory's lock, so payloads never interleave and the
+// agent's stop waits for the files to be written before releasing the directory.
+func (a *Agent) writePayload(dir string, k, plain []byte) bool {
+	pc := a.cfg.Payload
+	a.boot.secure.Lock()
+	defer a.boot.secure.Unlock()
 	if err := a.prepareSecureDir(dir); err != nil {
 		a.log.Error().Err(err).Msg("cannot prepare the secure directory")
-		return
+		return false
 	}
 	if err := os.WriteFile(filepath.Join(dir, pc.EncKeyName), k, 0o600); err != nil {
 		a.log.Error().Err(err).Msg("cannot write the key")
-		return
+		return false
 	}
 	if plain == nil {
-		return
+		return false
 	}
 	if err := os.WriteFile(filepath.Join(dir, pc.DecPayloadFile), plain, 0o600); err != nil {
 		a.log.Error().Err(err).Msg("cannot write the payload")
-		return
+		return false
 	}
 	if pc.ExtractZip && isZip(plain) {
 		if err := unzip(plain, dir); err != nil {
-			a.log.Error().Err(err).Msg("payload zip refused")
-			return
+			// Nothing of a refused payload stays behind, not even the files extracted before the bad one.
+			if rerr := os.RemoveAll(dir); rerr != nil {
+				a.log.Error().Err(rerr).Msg("cannot remove a refused payload")
+			}
+			a.log.Error().Err(err).Msg("payload zip refused; payload removed")
+			return false
 		}
 		a.log.Info().Str("dir", dir).Msg("payload unzipped")
 		// Scripts named in action_list run as revocation actions later.
 		if b, err := os.ReadFile(filepath.Join(dir, "action_list")); err == nil {
-			for _, n := range strings.Split(string(b), ",") {
-				if n = strings.TrimSpace(n); n != "" && !strings.ContainsAny(n, "/\\") {
+			for _, n := range parseList(string(b)) {
+				if plainName(n) {
 					_ = os.Chmod(filepath.Join(dir, n), 0o700)
 				}
 			}
 		}
 	}
-	a.runScript(dir)
+	return true
 }
 
 // prepareSecureDir empties dir below a private (0700) secure directory, mounting a tmpfs there first when
-// possible so secrets never reach a disk.
+// configured and possible, so secrets never reach a disk. It fails once the agent stopped. The caller
+// holds boot.secure.
 func (a *Agent) prepareSecureDir(dir string) error {
 	pc := a.cfg.Payload
+	if a.boot.stopped {
+		return errors.New("the agent is stopping")
+	}
 	if err := os.MkdirAll(pc.SecureDir, 0o700); err != nil {
 		return err
 	}
@@ -228,12 +253,12 @@ func (a *Agent) prepareSecureDir(dir string) error {
 		return err
 	}
 	if !a.secureMounted {
-		size := pc.SecureSize
-		if size == "" {
-			size = "1m"
-		}
 		a.secureMounted = true // one attempt only
 		if pc.MountTmpfs {
+			size := pc.SecureSize
+			if size == "" {
+				size = "1m"
+			}
 			err := syscall.Mount("tmpfs", pc.SecureDir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size="+size+",mode=0700")
 			if err == nil {
 				a.tmpfs = true
@@ -333,14 +358,48 @@ func (a *Agent) runScript(dir string) {
 	ev.Str("script", pc.Script).Int("exit", exit).Int("output_bytes", len(out)).Msg("payload script finished")
 }
 
-// unmountSecure removes the tmpfs the agent mounted, so decrypted secrets go with the agent.
+// unmountSecure removes the tmpfs the agent mounted, so decrypted secrets go with the agent; a payload
+// script still running there only delays the release (lazy unmount). No payload is written afterwards.
 func (a *Agent) unmountSecure() {
-	if a.tmpfs {
-		if err := syscall.Unmount(a.cfg.Payload.SecureDir, 0); err != nil {
-			a.log.Warn().Err(err).Msg("cannot unmount the secure tmpfs")
-		}
-		a.tmpfs = false
+	a.boot.secure.Lock()
+	defer a.boot.secure.Unlock()
+	a.boot.stopped = true
+	if !a.tmpfs {
+		return
 	}
+	dir := a.cfg.Payload.SecureDir
+	err := syscall.Unmount(dir, 0)
+	if errors.Is(err, syscall.EBUSY) {
+		err = syscall.Unmount(dir, syscall.MNT_DETACH)
+	}
+	if err != nil {
+		a.log.Warn().Err(err).Str("dir", dir).Msg("cannot unmount the secure tmpfs")
+		return
+	}
+	a.tmpfs = false
+	a.log.Info().Str("dir", dir).Msg("unmounted the secure tmpfs")
+}
+
+// parseList splits a list the way Keylime's agent reads action_list and revocation_actions: names
+// separated by commas, spaces or newlines, optionally in [brackets] and quoted.
+func parseList(s string) []string {
+	s = strings.TrimSpace(s)
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+	var out []string
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) {
+		if len(f) >= 2 && (f[0] == '"' || f[0] == '\'') && f[len(f)-1] == f[0] {
+			f = f[1 : len(f)-1]
+		}
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// plainName reports whether n names a file inside a directory (no separators, not . or ..).
+func plainName(n string) bool {
+	return n != "" && n != "." && n != ".." && !strings.ContainsAny(n, "/\\\x00")
 }
 
 // BootstrapState reports what the key exchange has received: U from the tenant, how many V halves from

@@ -201,18 +201,42 @@ func TestRevocationNotification(t *testing.T) {
 	sig, _ := revocation.Sign(key, msg)
 	otherKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	forged, _ := revocation.Sign(otherKey, msg)
-	for name, body := range map[string]api.RevocationRequest{
-		"unsigned":     {Msg: msg},
-		"other key":    {Msg: msg, Signature: forged},
-		"altered body": {Msg: strings.Replace(msg, "other", "victim", 1), Signature: sig},
+	raw, _ := base64.StdEncoding.DecodeString(sig)
+	raw[len(raw)/2] ^= 1
+	flipped := base64.StdEncoding.EncodeToString(raw)
+	logs := captureLog(a)
+	for _, tc := range []struct {
+		name string
+		body api.RevocationRequest
+	}{
+		{"unsigned", api.RevocationRequest{Msg: msg}},
+		{"bad signature (one bit flipped)", api.RevocationRequest{Msg: msg, Signature: flipped}},
+		{"signature not base64", api.RevocationRequest{Msg: msg, Signature: "%%%"}},
+		{"truncated signature", api.RevocationRequest{Msg: msg, Signature: sig[:len(sig)/2]}},
+		{"other key", api.RevocationRequest{Msg: msg, Signature: forged}},
+		{"altered body", api.RevocationRequest{Msg: strings.Replace(msg, "other", "victim", 1), Signature: sig}},
+		{"empty message", api.RevocationRequest{Signature: sig}},
 	} {
-		if code, m := post(t, h, "/v2.6/notifications/revocation", body); code != 400 {
-			t.Errorf("%s accepted: %d %s", name, code, m)
+		before := strings.Count(logs.String(), "revocation message refused")
+		if code, m := post(t, h, "/v2.6/notifications/revocation", tc.body); code != 400 {
+			t.Errorf("%s accepted: %d %s", tc.name, code, m)
+		}
+		if strings.Count(logs.String(), "revocation message refused") != before+1 {
+			t.Errorf("%s: refusal not logged", tc.name)
 		}
 	}
+	// Without a revocation certificate nothing can be verified, so nothing is accepted.
+	a.cfg.Revocation.CertPath = filepath.Join(t.TempDir(), "missing.crt")
+	if code, m := post(t, h, "/v2.6/notifications/revocation", api.RevocationRequest{Msg: msg, Signature: sig}); code != 400 {
+		t.Errorf("accepted without a revocation certificate: %d %s", code, m)
+	}
+	a.cfg.Revocation.CertPath = certPath
 	time.Sleep(100 * time.Millisecond)
 	if _, err := os.Stat(out); err == nil {
 		t.Fatal("an action ran for a refused message")
+	}
+	if strings.Contains(logs.String(), "running revocation actions") {
+		t.Fatal("a refused message was treated as verified")
 	}
 	if code, m := post(t, h, "/v2.6/notifications/revocation", api.RevocationRequest{Msg: msg, Signature: sig}); code != 200 {
 		t.Fatalf("genuine message refused: %d %s", code, m)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/keylime-go/keylime/internal/api"
@@ -78,19 +77,20 @@ func (a *Agent) revocation(req *httpx.Request) (any, error) {
 	return nil, nil
 }
 
-// actionList returns the configured actions and, when allowed, the payload's action_list.
+// actionList returns the configured actions followed by those named in the payload's action_list, and
+// the payload directory when payload actions may run from it. As in Keylime's agent, action_list may name
+// pre-installed actions even when payload actions are not allowed.
 func (a *Agent) actionList() (names []string, payloadDir string) {
 	names = append(names, a.cfg.Revocation.Actions...)
-	if a.cfg.Payload.SecureDir == "" || !a.cfg.Revocation.AllowPayloadActions {
+	if a.cfg.Payload.SecureDir == "" {
 		return names, ""
 	}
-	payloadDir = filepath.Join(a.cfg.Payload.SecureDir, "unzipped")
-	if b, err := os.ReadFile(filepath.Join(payloadDir, "action_list")); err == nil {
-		for _, n := range strings.Split(string(b), ",") {
-			if n = strings.TrimSpace(n); n != "" {
-				names = append(names, n)
-			}
-		}
+	dir := filepath.Join(a.cfg.Payload.SecureDir, "unzipped")
+	if b, err := os.ReadFile(filepath.Join(dir, "action_list")); err == nil {
+		names = append(names, parseList(string(b))...)
+	}
+	if a.cfg.Revocation.AllowPayloadActions {
+		payloadDir = dir
 	}
 	return names, payloadDir
 }
@@ -114,7 +114,7 @@ func (a *Agent) runActions(msg string) {
 		timeout = time.Minute
 	}
 	for _, name := range names {
-		if strings.ContainsAny(name, "/\\") || name == ".." {
+		if !plainName(name) {
 			a.log.Error().Str("action", name).Msg("revocation action names must be plain file names")
 			continue
 		}
