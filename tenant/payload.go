@@ -68,8 +68,11 @@ func parseNK(s string) (*rsa.PublicKey, error) {
 }
 
 // VerifyPayload polls the agent's keys/verify with fresh challenges until its HMAC proves it derived
-// the K this tenant sent in Add, or within passes; then it stops the agent on the verifier (as Keylime's
-// tenant --verify does) and returns ErrPayloadNotVerified.
+// the K this tenant sent in Add. With within > 0 it polls every 200 ms for that long; with within <= 0
+// it makes Keylime's tenant --verify attempts: MaxRetries of them, RetryInterval apart (exponentially
+// with ExponentialBackoff). When the agent never proves K, it stops the agent on the verifier (as
+// Keylime's tenant does) and returns ErrPayloadNotVerified. A cancelled ctx returns ctx.Err() and
+// stops nothing.
 func (t *Tenant) VerifyPayload(ctx context.Context, id string, within time.Duration) error {
 	t.mu.Lock()
 	k := t.keys[id]
@@ -99,13 +102,14 @@ func (t *Tenant) VerifyPayload(ctx context.Context, id string, within time.Durat
 	defer hc.CloseIdleConnections()
 	deadline := time.Now().Add(within)
 	var last error
-	for time.Now().Before(deadline) {
+	for n := 1; ; n++ {
 		ch, err := newNonce()
 		if err != nil {
 			return err
 		}
 		got, err := ac.VerifyKey(ctx, ch)
 		if err == nil && payload.CheckTag(k, ch, got) {
+			t.cfg.Log.Info().Str("agent", id).Int("attempt", n).Msg("the agent derived the payload key")
 			return nil
 		}
 		if err == nil {
@@ -113,16 +117,30 @@ func (t *Tenant) VerifyPayload(ctx context.Context, id string, within time.Durat
 		} else {
 			last = err
 		}
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		}
+		wait := 200 * time.Millisecond
+		if within <= 0 {
+			if n >= t.cfg.MaxRetries {
+				break
+			}
+			wait = t.retryDelay(n)
+		} else if !time.Now().Add(wait).Before(deadline) {
+			break
+		}
+		t.cfg.Log.Debug().Err(last).Str("agent", id).Int("attempt", n).Dur("retry_in", wait).Msg("payload key not yet proven")
+		if err := sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
-	if ver, err := t.verifierClient(ctx); err == nil {
-		if err := ver.Stop(ctx, id); err != nil {
-			t.cfg.Log.Error().Err(err).Str("agent", id).Msg("could not stop the agent on the verifier")
-		}
+	ver, err := t.verifierClient(ctx)
+	if err == nil {
+		err = ver.Stop(ctx, id)
+	}
+	if err != nil {
+		t.cfg.Log.Error().Err(err).Str("agent", id).Msg("could not stop the agent on the verifier")
+		return fmt.Errorf("%w: agent %s: %v; could not stop it on the verifier: %w", ErrPayloadNotVerified, id, last, err)
 	}
 	return fmt.Errorf("%w: agent %s: %v; stopped its attestation on the verifier", ErrPayloadNotVerified, id, last)
 }
