@@ -344,7 +344,7 @@ func (a *Agent) runScript(dir string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", path)
+	cmd := boundedCommand(ctx, "/bin/sh", "-c", path)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	ev := a.log.Info()
@@ -355,7 +355,18 @@ func (a *Agent) runScript(dir string) {
 	if cmd.ProcessState != nil {
 		exit = cmd.ProcessState.ExitCode()
 	}
-	ev.Str("script", pc.Script).Int("exit", exit).Int("output_bytes", len(out)).Msg("payload script finished")
+	ev.Str("script", pc.Script).Int("exit", exit).Bool("timed_out", ctx.Err() != nil).Int("output_bytes", len(out)).
+		Msg("payload script finished")
+}
+
+// boundedCommand is exec.CommandContext for scripts the agent runs: in a process group of its own, all
+// of which is killed when ctx ends, so a script that left children behind cannot outlive its timeout.
+func boundedCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 2 * time.Second
+	return cmd
 }
 
 // unmountSecure removes the tmpfs the agent mounted, so decrypted secrets go with the agent; a payload

@@ -320,3 +320,58 @@ func TestPayloadActionsRunOnRevocation(t *testing.T) {
 		})
 	}
 }
+
+// processGone reports whether pid has exited (no longer in /proc, or a zombie nobody reaped yet).
+func processGone(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
+// TestPayloadScriptExitAndTimeout: autorun.sh's exit status is logged, and a script that outlives
+// script_timeout is killed together with the children it started.
+func TestPayloadScriptExitAndTimeout(t *testing.T) {
+	a, dir := payloadAgent(t)
+	a.cfg.Payload.ScriptTimeout = 300 * time.Millisecond
+	h := a.Handler()
+	for _, tc := range []struct {
+		name, script string
+		log          []string
+		within       time.Duration
+	}{
+		{"exit status", "#!/bin/sh\necho partial > marker\nexit 3\n", []string{`"exit":3`, `"timed_out":false`}, 5 * time.Second},
+		{"timeout kills the script and its children", "#!/bin/sh\nsleep 30 &\necho $! > child.pid\nwait\n", []string{`"timed_out":true`}, 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resetBootstrap(t, a)
+			logs := captureLog(a)
+			k, u, v, _ := payload.Split(nil)
+			sealed, _ := payload.Encrypt(nil, k, zipOf(t, map[string]string{"autorun.sh": tc.script}))
+			wu, _ := payload.WrapKey(nil, &a.nk.PublicKey, u)
+			wv, _ := payload.WrapKey(nil, &a.nk.PublicKey, v)
+			start := time.Now()
+			post(t, h, "/v2.6/keys/ukey", api.UKeyRequest{AuthTag: payload.Tag(k, a.uuid), EncryptedKey: wu, Payload: sealed})
+			post(t, h, "/v2.6/keys/vkey", api.VKeyRequest{EncryptedKey: wv})
+			select {
+			case <-a.boot.handled:
+			case <-time.After(tc.within):
+				t.Fatalf("script still running after %v", tc.within)
+			}
+			if took := time.Since(start); took > 4*time.Second {
+				t.Errorf("script handling took %v", took)
+			}
+			for _, want := range tc.log {
+				if !strings.Contains(logs.String(), want) {
+					t.Errorf("log lacks %s:\n%s", want, logs)
+				}
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "child.pid")); err == nil {
+				pid := strings.TrimSpace(string(b))
+				waitFor(t, "the script's child to die", func() bool { return processGone(pid) })
+			}
+		})
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -133,15 +132,16 @@ func (a *Agent) runActions(msg string) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		cmd := exec.CommandContext(ctx, path, f.Name())
+		cmd := boundedCommand(ctx, path, f.Name())
 		cmd.Dir = filepath.Dir(path)
 		out, err := cmd.CombinedOutput()
+		timedOut := ctx.Err() != nil
 		cancel()
 		ev := a.log.Info()
 		if err != nil {
 			ev = a.log.Error().Err(err)
 		}
-		ev.Str("action", name).Int("output_bytes", len(out)).Msg("revocation action finished")
+		ev.Str("action", name).Bool("timed_out", timedOut).Int("output_bytes", len(out)).Msg("revocation action finished")
 	}
 }
 

@@ -36,9 +36,13 @@ import (
 type keyProxy struct {
 	Port int
 	drop string
+	// failOnce is a path whose first request is answered 503 without reaching the agent.
+	failOnce string
+	failed   bool
 
 	mu     sync.Mutex
 	bodies map[string][][]byte
+	hits   map[string]int
 }
 
 func startKeyProxy(t *testing.T, s *System, a *Agent, drop string) *keyProxy {
@@ -54,7 +58,7 @@ func startKeyProxy(t *testing.T, s *System, a *Agent, drop string) *keyProxy {
 	}
 	hc := transport.NewHTTPClient(up, 10*time.Second)
 	upstream := "https://127.0.0.1:" + itoa(a.Port)
-	p := &keyProxy{drop: drop, bodies: map[string][][]byte{}}
+	p := &keyProxy{drop: drop, bodies: map[string][][]byte{}, hits: map[string]int{}}
 	ln := listen(t)
 	p.Port = ln.Addr().(*net.TCPAddr).Port
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -65,6 +69,17 @@ func startKeyProxy(t *testing.T, s *System, a *Agent, drop string) *keyProxy {
 				p.bodies[k] = append(p.bodies[k], body)
 				p.mu.Unlock()
 			}
+		}
+		p.mu.Lock()
+		fail := p.failOnce != "" && strings.HasSuffix(r.URL.Path, p.failOnce) && !p.failed
+		if fail {
+			p.failed = true
+		}
+		p.hits[r.URL.Path]++
+		p.mu.Unlock()
+		if fail {
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+			return
 		}
 		if drop != "" && strings.HasSuffix(r.URL.Path, drop) {
 			w.Header().Set("Content-Type", "application/json")
@@ -90,6 +105,19 @@ func startKeyProxy(t *testing.T, s *System, a *Agent, drop string) *keyProxy {
 	go func() { done <- transport.Serve(ctx, srv, ln) }()
 	t.Cleanup(func() { cancel(); <-done; hc.CloseIdleConnections() })
 	return p
+}
+
+// Hits counts the requests whose path ends in suffix.
+func (p *keyProxy) Hits(suffix string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for path, c := range p.hits {
+		if strings.HasSuffix(path, suffix) {
+			n += c
+		}
+	}
+	return n
 }
 
 // half decrypts the key half recorded for path (the last one) with the agent's NK.

@@ -176,10 +176,12 @@ func TestRevocationNotifications(t *testing.T) {
 		t.Fatal(err)
 	}
 	var msg revocation.Message
+	var raw []byte
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		b, err := os.ReadFile(got)
 		if err == nil && json.Unmarshal(b, &msg) == nil {
+			raw = b
 			break
 		}
 		if time.Now().After(deadline) {
@@ -202,6 +204,9 @@ func TestRevocationNotifications(t *testing.T) {
 	}
 	if _, err := revocation.Verify(&s.RevocationKey().PublicKey, first); err != nil {
 		t.Fatalf("webhook message does not verify: %v", err)
+	}
+	if first.Msg != string(raw) {
+		t.Errorf("the webhook and the agent got different messages:\n%s\n%s", first.Msg, raw)
 	}
 }
 
