@@ -191,7 +191,7 @@ func TestPayloadFailuresLeaveNothing(t *testing.T) {
 }
 
 // zipOrdered zips name, body pairs in the order given.
-func zipOrdered(t *testing.T, pairs ...string) []byte {
+func zipOrdered(t testing.TB, pairs ...string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)

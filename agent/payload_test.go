@@ -39,7 +39,7 @@ func post(t *testing.T, h http.Handler, path string, body any) (int, string) {
 	return rec.Code, env.Status
 }
 
-func zipOf(t *testing.T, files map[string]string) []byte {
+func zipOf(t testing.TB, files map[string]string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)
