@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -28,6 +29,10 @@ import (
 // maxFailures is how many failures a record keeps (newest last).
 const maxFailures = 10
 
+// Polling is timer driven: an agent between two quotes is a struct and a pending timer, not a
+// goroutine. Each round (step) runs on the timer's own short-lived goroutine and schedules the next, so
+// thousands of agents cost no stacks while they wait.
+
 // startPolling starts st's poller; v.mu must be held.
 func (v *Verifier) startPolling(st *agentState) {
 	st.mu.Lock()
@@ -36,13 +41,43 @@ func (v *Verifier) startPolling(st *agentState) {
 		return
 	}
 	ctx, cancel := context.WithCancel(v.ctx)
-	st.cancel, st.done = cancel, make(chan struct{})
+	done := make(chan struct{})
+	st.cancel, st.done = cancel, done
+	st.poll = pollState{needPubkey: true} // the first quote after (re)start carries the NK (partial=0)
 	v.wg.Add(1)
-	go func() {
-		defer v.wg.Done()
-		defer close(st.done)
-		v.poll(ctx, st)
-	}()
+	var once sync.Once
+	var stopWatch func() bool
+	finish := func() {
+		once.Do(func() {
+			if stopWatch != nil {
+				stopWatch()
+			}
+			close(done)
+			v.wg.Done()
+		})
+	}
+	var round func()
+	round = func() {
+		wait, more := v.step(ctx, st)
+		st.mu.Lock()
+		if !more || ctx.Err() != nil {
+			st.mu.Unlock()
+			finish()
+			return
+		}
+		st.timer = time.AfterFunc(wait, round)
+		st.mu.Unlock()
+	}
+	// Cancelling ctx stops a pending timer; a round already running sees ctx and finishes itself.
+	stopWatch = context.AfterFunc(ctx, func() {
+		st.mu.Lock()
+		t := st.timer
+		st.mu.Unlock()
+		if t != nil && t.Stop() {
+			finish()
+		}
+	})
+	st.timer = time.AfterFunc(0, round)
 }
 
 // stopPolling stops st's poller and waits for it; v.mu must not be held by the poller's path.
@@ -56,8 +91,15 @@ func stopPolling(st *agentState) {
 	cancel()
 	<-done
 	st.mu.Lock()
-	st.cancel, st.done = nil, nil
+	st.cancel, st.done, st.timer = nil, nil, nil
 	st.mu.Unlock()
+}
+
+// pollState is what the rounds of one polling session carry from one to the next (only the running
+// round touches it).
+type pollState struct {
+	retries, restarts int
+	needPubkey        bool
 }
 
 // outcome of one attestation round.
@@ -71,75 +113,70 @@ const (
 	restart                    // the agent rebooted: quote again at once from IMA entry 0
 )
 
-// poll is one agent's attestation loop; it returns when ctx ends or the agent reaches a final state.
-func (v *Verifier) poll(ctx context.Context, st *agentState) {
-	log := v.log.With().Str("agent", st.rec.AgentID).Logger()
-	retries, restarts := 0, 0
-	needPubkey := true // the first quote after (re)start carries the NK (partial=0)
-	for {
-		res, fails, err := v.attestOnce(ctx, st, needPubkey)
-		if ctx.Err() != nil {
-			return
-		}
-		var wait time.Duration
-		switch res {
-		case attested:
-			retries, restarts = 0, 0
-			needPubkey = false
-			wait = v.cfg.QuoteInterval
-			if done := v.provideV(ctx, st, &retries, log); !done {
-				if ctx.Err() != nil {
-					return
-				}
-				st.mu.Lock()
-				failed := st.rec.State == api.StateFailed
-				st.mu.Unlock()
-				if failed {
-					return
-				}
-				wait = v.retryDelay(retries)
-			}
-		case restart:
-			log.Info().Msg("agent rebooted; asking for its IMA log from entry 0")
-			restarts++
-			if restarts > 1 { // never spin on an agent that keeps restarting
-				wait = v.cfg.QuoteInterval
-			}
-		case unreachable:
-			if retries >= v.cfg.MaxRetries {
-				log.Warn().Err(err).Int("retries", retries).Msg("agent unreachable; giving up")
-				v.fail(st, api.StateFailed, []policy.Failure{{
-					EventID: "not_reachable",
-					Context: map[string]any{"message": "agent did not answer after " + itoa(retries) + " retries: " + errText(err)},
-				}})
-				return
-			}
-			retries++
-			wait = v.retryDelay(retries)
-			log.Info().Err(err).Int("retry", retries).Dur("in", wait).Msg("agent unreachable; will retry")
-			v.setState(st, api.StateGetQuoteRetry)
-		case refused:
-			log.Warn().Err(err).Msg("agent refused the quote request")
-			f := policy.Failure{EventID: "no_quote", Context: map[string]any{"message": "agent answered the quote request with an error: " + errText(err)}}
-			if isCertError(err) {
-				f = policy.Failure{EventID: "agent_certificate_mismatch", Context: map[string]any{
-					"message": "agent presented a TLS certificate other than the one it registered: " + errText(err)}}
-			}
-			v.fail(st, api.StateFailed, []policy.Failure{f})
-			return
-		case invalid:
-			log.Warn().Str("reason", fails[0].Message()).Int("failures", len(fails)).Msg("attestation failed")
-			v.fail(st, api.StateInvalidQuote, fails)
-			return
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+func (v *Verifier) agentLog(st *agentState) *zerolog.Logger {
+	l := v.log.With().Str("agent", st.rec.AgentID).Logger()
+	return &l
+}
+
+// step is one attestation round: it returns when to run the next one, or more=false when the agent
+// reached a final state (or ctx ended).
+func (v *Verifier) step(ctx context.Context, st *agentState) (wait time.Duration, more bool) {
+	ps := &st.poll
+	res, fails, err := v.attestOnce(ctx, st, ps.needPubkey)
+	if ctx.Err() != nil {
+		return 0, false
 	}
+	switch res {
+	case attested:
+		ps.retries, ps.restarts = 0, 0
+		ps.needPubkey = false
+		wait = v.cfg.QuoteInterval
+		if done := v.provideV(ctx, st, &ps.retries); !done {
+			if ctx.Err() != nil {
+				return 0, false
+			}
+			st.mu.Lock()
+			failed := st.rec.State == api.StateFailed
+			st.mu.Unlock()
+			if failed {
+				return 0, false
+			}
+			wait = v.retryDelay(ps.retries)
+		}
+	case restart:
+		v.agentLog(st).Info().Msg("agent rebooted; asking for its IMA log from entry 0")
+		ps.restarts++
+		if ps.restarts > 1 { // never spin on an agent that keeps restarting
+			wait = v.cfg.QuoteInterval
+		}
+	case unreachable:
+		if ps.retries >= v.cfg.MaxRetries {
+			v.agentLog(st).Warn().Err(err).Int("retries", ps.retries).Msg("agent unreachable; giving up")
+			v.fail(st, api.StateFailed, []policy.Failure{{
+				EventID: "not_reachable",
+				Context: map[string]any{"message": "agent did not answer after " + itoa(ps.retries) + " retries: " + errText(err)},
+			}})
+			return 0, false
+		}
+		ps.retries++
+		wait = v.retryDelay(ps.retries)
+		v.agentLog(st).Info().Err(err).Int("retry", ps.retries).Dur("in", wait).Msg("agent unreachable; will retry")
+		v.setState(st, api.StateGetQuoteRetry)
+	case refused:
+		v.agentLog(st).Warn().Err(err).Msg("agent refused the quote request")
+		f := policy.Failure{EventID: "no_quote", Context: map[string]any{"message": "agent answered the quote request with an error: " + errText(err)}}
+		if isCertError(err) {
+			f = policy.Failure{EventID: "agent_certificate_mismatch", Context: map[string]any{
+				"message": "agent presented a TLS certificate other than the one it registered: " + errText(err)}}
+		}
+		v.fail(st, api.StateFailed, []policy.Failure{f})
+		return 0, false
+	case invalid:
+		v.agentLog(st).Warn().Str("reason", fails[0].Message()).Int("failures", len(fails)).Msg("attestation failed")
+		v.fail(st, api.StateInvalidQuote, fails)
+		return 0, false
+	}
+	return wait, true
 }
 
 // retryDelay is Keylime's retry_time: retry_interval ** n seconds with exponential backoff (when the
@@ -328,7 +365,7 @@ func isCertError(err error) bool {
 // provideV sends V, wrapped for the agent's NK, after an attestation that passed every policy, unless it
 // was sent already. It returns false when V still has to be sent (unreachable: retry later), moving the
 // agent to Failed after max_retries.
-func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int, log zerolog.Logger) bool {
+func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int) bool {
 	st.mu.Lock()
 	vHalf, sent, nkPEM := st.rec.V, st.rec.VSent, st.rec.NKPEM
 	st.mu.Unlock()
@@ -355,7 +392,7 @@ func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int, l
 		st.rec.State = api.StateGetQuote
 		st.mu.Unlock()
 		v.persist(st, true)
-		log.Info().Msg("V delivered to the agent")
+		v.agentLog(st).Info().Msg("V delivered to the agent")
 		*retries = 0
 		return true
 	}
@@ -370,7 +407,7 @@ func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int, l
 	}
 	*retries++
 	v.setState(st, api.StateProvideVRetry)
-	log.Info().Err(err).Int("retry", *retries).Msg("cannot deliver V; will retry")
+	v.agentLog(st).Info().Err(err).Int("retry", *retries).Msg("cannot deliver V; will retry")
 	return false
 }
 

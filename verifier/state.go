@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/client"
@@ -30,6 +31,9 @@ type agentState struct {
 	// cancel stops the poller; done is closed when it has stopped. Both nil while not polling.
 	cancel context.CancelFunc
 	done   chan struct{}
+	// timer runs the next polling round; poll is the polling session's round-to-round state.
+	timer *time.Timer
+	poll  pollState
 	// mbPassed identifies the last boot log (with the measured-boot policy) that passed evaluation, and
 	// mbLog is that log's replay: with measured_boot_evaluate "once" the same log is neither parsed nor
 	// evaluated again, only its PCR values compared with each quote.
