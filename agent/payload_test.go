@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/payload"
 	"github.com/keylime-go/keylime/internal/revocation"
@@ -77,8 +75,7 @@ func payloadAgent(t *testing.T) (*Agent, string) {
 
 func TestPayloadDelivery(t *testing.T) {
 	a, dir := payloadAgent(t)
-	var logs bytes.Buffer
-	a.log = zerolog.New(&logs).Level(zerolog.DebugLevel)
+	logs := captureLog(a)
 	h := a.Handler()
 	k, u, v, _ := payload.Split(nil)
 	zipped := zipOf(t, map[string]string{"autorun.sh": "#!/bin/sh\necho ran > marker\n", "secret.txt": "s3cr3t"})
