@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -88,8 +89,30 @@ func (v *Verifier) agentHTTP(rec *record) (*http.Client, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("mtls_cert: %w", err)
 	}
-	return transport.NewHTTPClient(conf, v.cfg.RequestTimeout), "https://" + hostport, nil
+	hc := transport.NewHTTPClient(conf, v.cfg.RequestTimeout)
+	if v.cfg.AgentConnections == ConnectPerQuote {
+		// A fresh connection per quote, resuming the TLS session (no certificates or signatures in
+		// the handshake): no idle connection buffers and goroutines per agent.
+		// Sessions are cached per agent: the cache is keyed by server name, which agents may share.
+		// X25519 alone: a post-quantum hybrid key share per quote would cost more than the quote.
+		conf.ClientSessionCache = agentSessions{prefix: rec.AgentID + "\x00", cache: v.sessions}
+		conf.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+		hc.Transport.(*http.Transport).DisableKeepAlives = true
+	}
+	return hc, "https://" + hostport, nil
 }
+
+// agentSessions is one agent's view of the verifier's TLS session cache.
+type agentSessions struct {
+	prefix string
+	cache  tls.ClientSessionCache
+}
+
+func (a agentSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	return a.cache.Get(a.prefix + key)
+}
+
+func (a agentSessions) Put(key string, cs *tls.ClientSessionState) { a.cache.Put(a.prefix+key, cs) }
 
 // status renders the record as Keylime's GET agent results.
 func (v *Verifier) status(st *agentState) api.VerifierAgent {

@@ -60,6 +60,11 @@ type Config struct {
 	// IMAFailViolations fails attestation on IMA ToMToU / open-writers violations.
 	IMAFailViolations bool
 
+	// AgentConnections is KeepAlive (default: one idle connection per agent between quotes, the least
+	// CPU) or ConnectPerQuote (a new TLS connection per quote with session resumption: the least
+	// memory, for large fleets).
+	AgentConnections string
+
 	// RevocationKey signs revocation messages (an agent's own revocation_key, sent by its tenant, wins).
 	RevocationKey *rsa.PrivateKey
 	// NotifyAgents sends revocation messages to every other attested agent; WebhookURL (with
@@ -73,6 +78,12 @@ type Config struct {
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
+
+// Agent connection modes (Config.AgentConnections; [verifier] agent_connections).
+const (
+	KeepAlive       = "keep-alive"
+	ConnectPerQuote = "per-quote"
+)
 
 // Verifier is a running verifier.
 type Verifier struct {
@@ -89,6 +100,8 @@ type Verifier struct {
 	wg        sync.WaitGroup
 	// notifier delivers revocation messages.
 	notifier *notifier
+	// sessions caches TLS sessions to agents for ConnectPerQuote.
+	sessions tls.ClientSessionCache
 }
 
 // New opens verifier.db and loads every agent.
@@ -114,6 +127,13 @@ func New(cfg Config) (*Verifier, error) {
 	if _, err := mb.PCRsToCheck(cfg.MBPolicyName); err != nil {
 		return nil, fmt.Errorf("measured_boot_policy_name: %w", err)
 	}
+	switch cfg.AgentConnections {
+	case "":
+		cfg.AgentConnections = KeepAlive
+	case KeepAlive, ConnectPerQuote:
+	default:
+		return nil, fmt.Errorf("agent_connections %q: want %q or %q", cfg.AgentConnections, KeepAlive, ConnectPerQuote)
+	}
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 100 << 20
 	}
@@ -124,7 +144,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{},
+	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, sessions: tls.NewLRUClientSessionCache(1 << 16),
 		policies: map[policyKind]*policySet{}, compilers: defaultCompilers()}
 	if err := v.loadPolicies(); err != nil {
 		db.Close()

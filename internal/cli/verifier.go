@@ -96,6 +96,7 @@ func verifierCommand() *ucli.Command {
 				MBEvaluateAlways:        mbAlways,
 				RequirePolicySignatures: vc.RequireAllowListSignatures,
 				IMAFailViolations:       vc.IMAFailViolations,
+				AgentConnections:        vc.AgentConnections,
 				RevocationKey:           revKey,
 				NotifyAgents:            notifyAgents,
 				WebhookURL:              rv.WebhookURL,

@@ -77,6 +77,9 @@ type Verifier struct {
 	// RequireAllowListSignatures refuses runtime policies that are not DSSE envelopes verified with
 	// the runtime_policy_key sent along.
 	RequireAllowListSignatures bool `toml:"require_allow_list_signatures"`
+	// AgentConnections is "keep-alive" (an idle connection per agent between quotes: least CPU) or
+	// "per-quote" (a new connection per quote with TLS session resumption: least memory).
+	AgentConnections string `toml:"agent_connections"`
 	// IMAFailViolations fails attestation on IMA ToMToU / open-writers violations (accepted by default).
 	IMAFailViolations bool `toml:"ima_fail_violations"`
 }
@@ -267,6 +270,7 @@ func Default() Config {
 
 			MeasuredBootPolicyName: "example",
 			MeasuredBootEvaluate:   "once",
+			AgentConnections:       "keep-alive",
 		},
 		Tenant: Tenant{
 			VerifierIP:              "127.0.0.1",

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/testbed/softagent"
+	"github.com/keylime-go/keylime/verifier"
 )
 
 // TestClockGoingBackwardsRefused: a software TPM (the only way to make a TPM's clock run backwards)
@@ -49,5 +50,34 @@ func TestClockGoingBackwardsRefused(t *testing.T) {
 	}
 	if st.LastEventID == nil || *st.LastEventID != "qoute_validation.clock_check" || !strings.Contains(st.LastFailure, "clock went backwards") {
 		t.Fatalf("failure = %v %q", st.LastEventID, st.LastFailure)
+	}
+}
+
+// TestPerQuoteConnections: with agent_connections "per-quote" the verifier opens a new pinned TLS
+// connection for every quote (resuming the session) and attests as with kept-alive connections.
+func TestPerQuoteConnections(t *testing.T) {
+	s := NewSystem(t)
+	s.StartVerifier(VerifierOptions{QuoteInterval: 50 * time.Millisecond, AgentConnections: verifier.ConnectPerQuote})
+	tp, err := softagent.NewTPM(softagent.ECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	sa, err := softagent.New(ln, softagent.Config{TPM: tp, ClientCAs: s.ClientTLS().Pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sa.Close() })
+	cert := string(sa.CertPEM())
+	empty := ""
+	req := &api.AddAgentRequest{
+		CloudAgentIP: "127.0.0.1", CloudAgentPort: api.Port(ln.Addr().(*net.TCPAddr).Port), TPMPolicy: "{}", MBPolicyName: &empty,
+		Metadata: "{}", AKTPM: base64.StdEncoding.EncodeToString(sa.AKPublic()), MTLSCert: &cert, SupportedVersion: api.CurrentVersion,
+	}
+	if err := s.Verifier.Add(context.Background(), sa.UUID(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WaitVerifier(sa.UUID(), 10*time.Second, Attested(5)); err != nil {
+		t.Fatal(err)
 	}
 }

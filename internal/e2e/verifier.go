@@ -27,6 +27,8 @@ type VerifierOptions struct {
 	// Revocations: sign with the CA's RevocationNotifier key, notify agents and/or a webhook.
 	NotifyAgents bool
 	WebhookURL   string
+	// AgentConnections is verifier.KeepAlive (default) or verifier.ConnectPerQuote.
+	AgentConnections string
 }
 
 // StartVerifier (re)starts the verifier on a new loopback port with the system's verifier.db.
@@ -63,6 +65,7 @@ func (s *System) StartVerifier(opts VerifierOptions) {
 		RevocationKey:      s.RevocationKey(),
 		NotifyAgents:       opts.NotifyAgents,
 		WebhookURL:         opts.WebhookURL,
+		AgentConnections:   opts.AgentConnections,
 		Log:                s.Log.With().Str("role", "verifier").Logger(),
 	})
 	if err != nil {
