@@ -391,7 +391,7 @@ func (a *Agent) unmountSecure() {
 	a.log.Info().Str("dir", dir).Msg("unmounted the secure tmpfs")
 }
 
-// parseList splits a list the way Keylime's agent reads action_list and revocation_actions: names
+// parseList splits a list the way Keylime's agent reads a payload's action_list: names
 // separated by commas, spaces or newlines, optionally in [brackets] and quoted.
 func parseList(s string) []string {
 	s = strings.TrimSpace(s)
