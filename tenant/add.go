@@ -126,6 +126,13 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 		return nil, nil, err
 	}
 	// Policies are checked before anything is asked of the registrar, the agent or the verifier.
+	for _, n := range []string{opts.RuntimePolicyName, opts.MBPolicyName} {
+		if n != "" {
+			if err := checkPolicyName(n); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
 	var rp *preparedRuntimePolicy
 	if !opts.RuntimePolicy.Empty() {
 		if rp, err = prepareRuntimePolicy(opts.RuntimePolicy); err != nil {
@@ -145,6 +152,11 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 	}
 	if mbPCRs {
 		for _, p := range policy.MeasuredBootPCRs {
+			// Keylime's tenant (enforce_pcrs) refuses a tpm_policy value for a PCR the measured-boot
+			// policy judges: the two would disagree about the same register.
+			if _, ok := pol.PCRs[p]; ok {
+				return nil, nil, fmt.Errorf("%w: PCR %d is judged by the measured-boot policy; remove it from tpm_policy", policy.ErrBadTPMPolicy, p)
+			}
 			pol.Mask |= 1 << p
 		}
 	}

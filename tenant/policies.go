@@ -2,14 +2,18 @@ package tenant
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/policy"
 	"github.com/keylime-go/keylime/policy/ima"
 	"github.com/keylime-go/keylime/policy/mb"
 )
@@ -22,6 +26,9 @@ var (
 	// ErrPolicySignature means a signed runtime policy did not verify with the key given, or a signed
 	// policy came without a key (nothing was sent).
 	ErrPolicySignature = errors.New("runtime policy signature check failed")
+	// ErrBadPolicyName means a policy name cannot be sent as one URL path segment (empty, "." or "..",
+	// or containing '/'); nothing was sent.
+	ErrBadPolicyName = errors.New("invalid policy name")
 	// ErrPolicyExists means the verifier already has a policy with that name (use update).
 	ErrPolicyExists = errors.New("policy already exists on the verifier")
 	// ErrPolicyNotFound means the verifier has no policy with that name.
@@ -40,6 +47,9 @@ type RuntimePolicyInput struct {
 	// SigKey is the --runtime-policy-sig-key file (PEM EC public key or certificate): a signed policy is
 	// verified with it here, and the verifier gets it as runtime_policy_key.
 	SigKey []byte
+	// Checksum is --runtime-policy-checksum: the hex SHA-256 the Policy file must have (Keylime's
+	// read_runtime_policy checks it the same way, over the file as given).
+	Checksum string
 }
 
 // Empty reports whether no policy was given.
@@ -67,6 +77,15 @@ func PrepareRuntimePolicy(in RuntimePolicyInput) ([]byte, error) {
 
 func prepareRuntimePolicy(in RuntimePolicyInput) (*preparedRuntimePolicy, error) {
 	var out preparedRuntimePolicy
+	if in.Checksum != "" {
+		if in.Policy == nil {
+			return nil, fmt.Errorf("%w: a checksum needs a runtime policy file", ErrBadPolicy)
+		}
+		sum := sha256.Sum256(in.Policy)
+		if got := hex.EncodeToString(sum[:]); !strings.EqualFold(got, strings.TrimSpace(in.Checksum)) {
+			return nil, fmt.Errorf("%w: runtime policy checksum mismatch: expected %s, calculated %s", ErrBadPolicy, in.Checksum, got)
+		}
+	}
 	if in.SigKey != nil {
 		out.key = base64.StdEncoding.EncodeToString(in.SigKey)
 	}
@@ -104,7 +123,9 @@ func prepareRuntimePolicy(in RuntimePolicyInput) (*preparedRuntimePolicy, error)
 			return nil, fmt.Errorf("%w: allowlist: %w", ErrBadPolicy, err)
 		}
 	default:
-		p = ima.EmptyRuntimePolicy()
+		// Keylime's tenant ignores a lone --exclude; an empty policy with excludes would refuse every
+		// file that is not excluded, so say so instead of guessing.
+		return nil, fmt.Errorf("%w: an exclude list needs --allowlist or --runtime-policy", ErrBadPolicy)
 	}
 	if in.Excludes != nil {
 		ex, err := ima.ParseExcludeList(in.Excludes)
@@ -154,6 +175,9 @@ func PrepareMBPolicy(raw []byte) error {
 // PutRuntimePolicy checks a runtime policy locally and stores it on the verifier under name (update:
 // replace an existing one).
 func (t *Tenant) PutRuntimePolicy(ctx context.Context, name string, in RuntimePolicyInput, update bool) error {
+	if err := checkPolicyName(name); err != nil {
+		return err
+	}
 	p, err := prepareRuntimePolicy(in)
 	if err != nil {
 		return err
@@ -162,7 +186,10 @@ func (t *Tenant) PutRuntimePolicy(ctx context.Context, name string, in RuntimePo
 	if err != nil {
 		return err
 	}
-	req := &api.RuntimePolicyRequest{RuntimePolicy: p.policy}
+	// Keylime's tenant sends its tpm_policy along, the mask with the IMA PCR (the verifier stores it and
+	// does not use it).
+	tpmPolicy := fmt.Sprintf(`{"mask": "0x%x"}`, 1<<policy.IMAPCR)
+	req := &api.RuntimePolicyRequest{RuntimePolicy: p.policy, TPMPolicy: &tpmPolicy}
 	if p.key != "" {
 		req.RuntimePolicyKey = &p.key
 	}
@@ -171,6 +198,9 @@ func (t *Tenant) PutRuntimePolicy(ctx context.Context, name string, in RuntimePo
 
 // RuntimePolicy reads a named runtime policy from the verifier.
 func (t *Tenant) RuntimePolicy(ctx context.Context, name string) (*api.RuntimePolicy, error) {
+	if err := checkPolicyName(name); err != nil {
+		return nil, err
+	}
 	vc, err := t.verifierClient(ctx)
 	if err != nil {
 		return nil, err
@@ -181,6 +211,9 @@ func (t *Tenant) RuntimePolicy(ctx context.Context, name string) (*api.RuntimePo
 
 // DeleteRuntimePolicy removes a named runtime policy from the verifier.
 func (t *Tenant) DeleteRuntimePolicy(ctx context.Context, name string) error {
+	if err := checkPolicyName(name); err != nil {
+		return err
+	}
 	vc, err := t.verifierClient(ctx)
 	if err != nil {
 		return err
@@ -200,6 +233,9 @@ func (t *Tenant) RuntimePolicies(ctx context.Context) ([]string, error) {
 
 // PutMBPolicy checks a measured-boot reference state locally and stores it on the verifier under name.
 func (t *Tenant) PutMBPolicy(ctx context.Context, name string, refstate []byte, update bool) error {
+	if err := checkPolicyName(name); err != nil {
+		return err
+	}
 	if err := PrepareMBPolicy(refstate); err != nil {
 		return err
 	}
@@ -212,6 +248,9 @@ func (t *Tenant) PutMBPolicy(ctx context.Context, name string, refstate []byte, 
 
 // MBPolicy reads a named measured-boot reference state from the verifier.
 func (t *Tenant) MBPolicy(ctx context.Context, name string) (*api.MBPolicy, error) {
+	if err := checkPolicyName(name); err != nil {
+		return nil, err
+	}
 	vc, err := t.verifierClient(ctx)
 	if err != nil {
 		return nil, err
@@ -222,6 +261,9 @@ func (t *Tenant) MBPolicy(ctx context.Context, name string) (*api.MBPolicy, erro
 
 // DeleteMBPolicy removes a named measured-boot reference state from the verifier.
 func (t *Tenant) DeleteMBPolicy(ctx context.Context, name string) error {
+	if err := checkPolicyName(name); err != nil {
+		return err
+	}
 	vc, err := t.verifierClient(ctx)
 	if err != nil {
 		return err
@@ -237,6 +279,15 @@ func (t *Tenant) MBPolicies(ctx context.Context) ([]string, error) {
 	}
 	names, err := vc.MBPolicies(ctx)
 	return nonNil(names), policyError("measured-boot", "", err)
+}
+
+// checkPolicyName refuses names that cannot travel as one path segment of /allowlists/{name}. Anything
+// else is left to the verifier (ours allows [A-Za-z0-9_.-]{1,255}; Keylime's any string).
+func checkPolicyName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\") {
+		return fmt.Errorf("%w: %q", ErrBadPolicyName, name)
+	}
+	return nil
 }
 
 // policyError maps the verifier's answers about named policies to the tenant's errors.

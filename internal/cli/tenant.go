@@ -39,8 +39,10 @@ Every command takes --json: one JSON document on stdout instead of text.
 
 Exit codes:
   0  success (status and cvstatus: the query worked, whatever the agent's state)
-  1  failure: unreachable server, refused request, unknown agent, failed EK or identity-quote check
-  2  usage: bad option or value (e.g. an invalid --tpm_policy), missing --uuid, bad configuration
+  1  failure: unreachable server, refused request, unknown agent or policy name, a policy name that
+     exists already or is in use, failed EK or identity-quote check
+  2  usage: bad option or value (e.g. an invalid --tpm_policy, a runtime or measured-boot policy file
+     that does not parse, a signed policy that does not verify), missing --uuid, bad configuration
   4  the agent failed attestation: status/cvstatus with --fail-on-failed, add/update/reactivate
      with --wait (the JSON document is still printed)
 Errors are one line on stderr, starting with "keylime: ".`
@@ -134,7 +136,7 @@ func addFlags() []ucli.Flag {
 		&ucli.BoolFlag{Name: "verify", Usage: "wait until the agent proves it derived the payload key (keys/verify); stop it on the verifier if it never does"},
 		&ucli.StringFlag{Name: "cert_store", Usage: "directory of EK CA certificates (tenant.tpm_cert_store)"},
 		&ucli.StringFlag{Name: "agent-api-version", Aliases: []string{"supported-version"}, Usage: "agent API version to use instead of negotiating it"},
-		&ucli.StringFlag{Name: "runtime-policy-name", Usage: "name of a runtime policy on the verifier (with --runtime-policy: store it under this name)"},
+		&ucli.StringFlag{Name: "runtime-policy-name", Aliases: []string{"allowlist-name"}, Usage: "name of a runtime policy on the verifier (with --runtime-policy: store it under this name)"},
 		&ucli.StringFlag{Name: "mb-policy-name", Usage: "name of a measured-boot reference state on the verifier (with --mb-policy: store it under this name)"},
 		mbPolicyFlag(),
 		waitFlag(),

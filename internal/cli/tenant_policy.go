@@ -16,7 +16,7 @@ import (
 
 func policySubcommands() []*ucli.Command {
 	rtName := func() ucli.Flag {
-		return &ucli.StringFlag{Name: "runtime-policy-name", Aliases: []string{"name"}, Usage: "the policy's name on the verifier"}
+		return &ucli.StringFlag{Name: "runtime-policy-name", Aliases: []string{"name", "allowlist-name"}, Usage: "the policy's name on the verifier"}
 	}
 	mbName := func() ucli.Flag {
 		return &ucli.StringFlag{Name: "mb-policy-name", Aliases: []string{"name"}, Usage: "the reference state's name on the verifier"}
@@ -39,6 +39,7 @@ func policySubcommands() []*ucli.Command {
 func runtimePolicyFlags() []ucli.Flag {
 	return []ucli.Flag{
 		&ucli.StringFlag{Name: "runtime-policy", Usage: "runtime policy file: Keylime JSON (any version), a DSSE-signed envelope or a legacy allowlist"},
+		&ucli.StringFlag{Name: "runtime-policy-checksum", Usage: "SHA-256 (hex) the --runtime-policy file must have"},
 		&ucli.StringFlag{Name: "runtime-policy-sig-key", Usage: "PEM EC public key or certificate that verifies a signed runtime policy (also sent to the verifier)"},
 		&ucli.StringFlag{Name: "allowlist", Usage: "legacy allowlist file (\"<digest> <path>\" lines or JSON), converted to a runtime policy"},
 		&ucli.StringFlag{Name: "exclude", Usage: "legacy exclude list file (one regular expression per line), added to the policy's excludes"},
@@ -64,8 +65,15 @@ func readRuntimePolicyInput(c *ucli.Context) (tenant.RuntimePolicyInput, error) 
 			*f.dst = b
 		}
 	}
+	in.Checksum = c.String("runtime-policy-checksum")
 	if in.SigKey != nil && in.Policy == nil {
 		return in, usagef("--runtime-policy-sig-key needs --runtime-policy")
+	}
+	if in.Checksum != "" && in.Policy == nil {
+		return in, usagef("--runtime-policy-checksum needs --runtime-policy")
+	}
+	if in.Excludes != nil && in.Policy == nil && in.Allowlist == nil {
+		return in, usagef("--exclude needs --allowlist or --runtime-policy")
 	}
 	return in, nil
 }
@@ -216,5 +224,5 @@ func listNamedPolicies(kind string) func(*ucli.Context, *tenant.Tenant) error {
 
 // isPolicyInputError reports the caller's mistakes in policy files: exit 2.
 func isPolicyInputError(err error) bool {
-	return errors.Is(err, tenant.ErrBadPolicy) || errors.Is(err, tenant.ErrPolicySignature)
+	return errors.Is(err, tenant.ErrBadPolicy) || errors.Is(err, tenant.ErrPolicySignature) || errors.Is(err, tenant.ErrBadPolicyName)
 }

@@ -4,7 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"os"
@@ -120,6 +122,26 @@ func TestTenantPolicyCommands(t *testing.T) {
 		tenant("addruntimepolicy", "--name", "signed", "--runtime-policy", signed, "--runtime-policy-sig-key", pub(key)).expect(t, 0, "")
 		tenant("deleteruntimepolicy", "--name", "signed").expect(t, 0, "")
 		tenant("deleteruntimepolicy", "--name", "signed").expect(t, 1, "not found")
+
+		// Missing names, Keylime's --runtime-policy-checksum and --allowlist-name, and names that cannot
+		// be a URL path segment.
+		tenant("updateruntimepolicy", "--name", "nope", "--runtime-policy", polFile).expect(t, 1, "not found")
+		tenant("showruntimepolicy", "--name", "nope").expect(t, 1, "not found")
+		sum := sha256.Sum256(polJSON)
+		tenant("addruntimepolicy", "--name", "sum", "--runtime-policy", polFile, "--runtime-policy-checksum", strings.Repeat("0", 64)).expect(t, 2, "checksum mismatch")
+		tenant("addruntimepolicy", "--allowlist-name", "sum", "--runtime-policy", polFile, "--runtime-policy-checksum", hex.EncodeToString(sum[:])).expect(t, 0, "")
+		tenant("addruntimepolicy", "--name", "ex", "--exclude", ex).expect(t, 2, "--exclude needs")
+		tenant("addruntimepolicy", "--name", "a/b", "--runtime-policy", polFile).expect(t, 2, "invalid policy name")
+		if got := list("listruntimepolicy", "runtimepolicy names"); !slices.Equal(got, []string{"sum", "web"}) {
+			t.Fatalf("list = %v", got)
+		}
+		r = tenant("deleteruntimepolicy", "--name", "sum", "--json")
+		r.expect(t, 0, "")
+		var res struct{ Name, Kind, Action string }
+		decode(t, r, &res)
+		if res.Name != "sum" || res.Kind != "runtime" || res.Action != "deleted" {
+			t.Errorf("delete --json = %+v", res)
+		}
 	})
 
 	t.Run("measured-boot policies", func(t *testing.T) {
@@ -173,5 +195,31 @@ func TestTenantPolicyCommands(t *testing.T) {
 		}
 		tenant("deleteruntimepolicy", "--name", "web").expect(t, 1, "in use")
 		tenant("add", "-u", a.UUID(), "--runtime-policy", write("junk2.json", []byte("{"))).expect(t, 2, "invalid policy")
+
+		// update adds a measured-boot policy by name: every measured-boot PCR joins the mask and the
+		// reference state is in use. A tpm_policy value for one of those PCRs is refused first.
+		tenant("addmbpolicy", "--name", "open", "--mb-policy", write("open.json", []byte("{}"))).expect(t, 0, "")
+		pol0, err := a.PCRPolicy(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tenant("update", "-u", a.UUID(), "--runtime-policy-name", "web", "--mb-policy-name", "open", "--tpm_policy", pol0).expect(t, 2, "PCR 0")
+		r = tenant("update", "-u", a.UUID(), "--runtime-policy-name", "web", "--mb-policy-name", "open", "--json")
+		r.expect(t, 0, "")
+		decode(t, r, &added)
+		if added.Mask != "0xffff" {
+			t.Errorf("mask with both policies = %s, want 0xffff (PCR 10 and the measured-boot PCRs 0-9, 11-15)", added.Mask)
+		}
+		r = tenant("cvstatus", "-u", a.UUID(), "--json")
+		r.expect(t, 0, "")
+		var st struct {
+			HasRuntimePolicy int `json:"has_runtime_policy"`
+			HasMBRefstate    int `json:"has_mb_refstate"`
+		}
+		decode(t, r, &st)
+		if st.HasRuntimePolicy != 1 || st.HasMBRefstate != 1 {
+			t.Errorf("cvstatus = %+v", st)
+		}
+		tenant("deletembpolicy", "--name", "open").expect(t, 1, "in use")
 	})
 }
