@@ -22,11 +22,19 @@ type notification struct {
 	agentID string // the failed agent, not notified itself
 }
 
-// notifier delivers revocation messages from a bounded queue, so a slow or dead receiver never stalls
-// polling: when the queue is full the oldest message is dropped (and logged).
+// notifier delivers revocation messages from bounded queues, one per kind of receiver (the other
+// agents, the webhook), each with its own worker: a slow or dead receiver never stalls polling nor the
+// other kind of receiver. When a queue is full its oldest message is dropped (and logged).
 type notifier struct {
 	v     *Verifier
-	queue chan notification
+	sinks []*sink
+}
+
+// sink is one kind of receiver with its queue.
+type sink struct {
+	name    string
+	queue   chan notification
+	deliver func(context.Context, notification)
 }
 
 func newNotifier(v *Verifier) *notifier {
@@ -34,19 +42,32 @@ func newNotifier(v *Verifier) *notifier {
 	if size <= 0 {
 		size = 1024
 	}
-	return &notifier{v: v, queue: make(chan notification, size)}
+	n := &notifier{v: v}
+	if v.cfg.NotifyAgents {
+		n.sinks = append(n.sinks, &sink{name: "agent", queue: make(chan notification, size), deliver: n.toAgents})
+	}
+	if v.cfg.WebhookURL != "" {
+		n.sinks = append(n.sinks, &sink{name: "webhook", queue: make(chan notification, size), deliver: n.toWebhook})
+	}
+	return n
 }
 
 func (n *notifier) enqueue(m notification) {
+	for _, s := range n.sinks {
+		s.enqueue(n.v, m)
+	}
+}
+
+func (s *sink) enqueue(v *Verifier, m notification) {
 	for {
 		select {
-		case n.queue <- m:
+		case s.queue <- m:
 			return
 		default:
 		}
 		select {
-		case old := <-n.queue:
-			n.v.log.Error().Str("agent", old.agentID).Msg("revocation queue full; dropped the oldest notification")
+		case old := <-s.queue:
+			v.log.Error().Str("agent", old.agentID).Str("notifier", s.name).Msg("revocation queue full; dropped the oldest notification")
 		default:
 		}
 	}
@@ -54,49 +75,53 @@ func (n *notifier) enqueue(m notification) {
 
 // run delivers notifications until ctx ends.
 func (n *notifier) run(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case m := <-n.queue:
-			n.deliver(ctx, m)
-		}
-	}
-}
-
-func (n *notifier) deliver(ctx context.Context, m notification) {
-	v := n.v
 	var wg sync.WaitGroup
-	if v.cfg.NotifyAgents {
-		sem := make(chan struct{}, 16)
-		for _, st := range v.attestedAgents(m.agentID) {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func(st *agentState) {
-				defer wg.Done()
-				defer func() { <-sem }()
-				err := n.retry(ctx, func(c context.Context) error { return st.client.Revoke(c, m.env.Msg, m.env.Signature) })
-				ev := v.log.Info()
-				if err != nil {
-					ev = v.log.Warn().Err(err)
-				}
-				ev.Str("agent", st.rec.AgentID).Str("revoked", m.agentID).Msg("revocation notification to agent")
-			}(st)
-		}
-	}
-	if v.cfg.WebhookURL != "" {
+	for _, s := range n.sinks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := n.retry(ctx, func(c context.Context) error { return n.webhook(c, m.env) })
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m := <-s.queue:
+					s.deliver(ctx, m)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// toAgents sends a message to every other attested agent, 16 at a time.
+func (n *notifier) toAgents(ctx context.Context, m notification) {
+	v := n.v
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, st := range v.attestedAgents(m.agentID) {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(st *agentState) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := n.retry(ctx, func(c context.Context) error { return st.client.Revoke(c, m.env.Msg, m.env.Signature) })
 			ev := v.log.Info()
 			if err != nil {
 				ev = v.log.Warn().Err(err)
 			}
-			ev.Str("url", v.cfg.WebhookURL).Str("revoked", m.agentID).Msg("revocation notification to webhook")
-		}()
+			ev.Str("agent", st.rec.AgentID).Str("revoked", m.agentID).Msg("revocation notification to agent")
+		}(st)
 	}
 	wg.Wait()
+}
+
+func (n *notifier) toWebhook(ctx context.Context, m notification) {
+	err := n.retry(ctx, func(c context.Context) error { return n.webhook(c, m.env) })
+	ev := n.v.log.Info()
+	if err != nil {
+		ev = n.v.log.Warn().Err(err)
+	}
+	ev.Str("url", n.v.cfg.WebhookURL).Str("revoked", m.agentID).Msg("revocation notification to webhook")
 }
 
 // retry runs f up to max_retries+1 times, waiting retry_interval (exponentially when configured).
