@@ -43,6 +43,10 @@ type AddOptions struct {
 	// or a name adds the measured-boot PCRs to the mask.
 	MBPolicy     []byte
 	MBPolicyName string
+	// RevocationKey (PEM RSA private key) signs this agent's revocation messages on the verifier, and
+	// Metadata (a JSON object text, "{}" when empty) is stored with it: what --cert sends.
+	RevocationKey string
+	Metadata      string
 	// Payload, when set, is delivered to the agent: sealed under a fresh key K, U sent to the agent now
 	// and V to the verifier, which releases it only after a good attestation (-f, --include).
 	Payload []byte
@@ -263,8 +267,8 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 		TPMPolicy:               res.TPMPolicy,
 		MBPolicyName:            &mbName,
 		IMASignVerificationKeys: "",
-		Metadata:                "{}",
-		RevocationKey:           "",
+		Metadata:                nonEmpty(opts.Metadata, "{}"),
+		RevocationKey:           opts.RevocationKey,
 		AcceptTPMHashAlgs:       nonNil(t.cfg.AcceptHashAlgs),
 		AcceptTPMEncryptionAlgs: nonNil(t.cfg.AcceptEncAlgs),
 		AcceptTPMSigningAlgs:    nonNil(t.cfg.AcceptSignAlgs),
@@ -287,6 +291,13 @@ func (t *Tenant) prepare(ctx context.Context, opts AddOptions) (*api.AddAgentReq
 		body.MBPolicy = &text
 	}
 	return body, res, nil
+}
+
+func nonEmpty(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func nonNil(s []string) []string {

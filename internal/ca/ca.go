@@ -182,6 +182,28 @@ func (c *CA) Issue(name string, kind Kind, sans []string) (*x509.Certificate, er
 	return cert, nil
 }
 
+// CRL writes the CA's certificate revocation list, as Keylime's CA does, to cacrl.der and cacrl.pem
+// in the CA directory and returns its DER form. Nothing is revoked (this CA does not revoke
+// certificates); the list is valid for the certificate lifetime and signed by the CA.
+func (c *CA) CRL() ([]byte, error) {
+	now := time.Now()
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number:     big.NewInt(now.Unix()),
+		ThisUpdate: now.Add(-time.Hour),
+		NextUpdate: now.Add(c.subj.Lifetime),
+	}, c.Cert, c.key)
+	if err != nil {
+		return nil, fmt.Errorf("CRL: %w", err)
+	}
+	if err := WriteFileAtomic(filepath.Join(c.Dir, "cacrl.der"), der, 0o644); err != nil {
+		return nil, err
+	}
+	if err := writePEM(filepath.Join(c.Dir, "cacrl.pem"), "X509 CRL", der, 0o644); err != nil {
+		return nil, err
+	}
+	return der, nil
+}
+
 // Ensure makes dir hold a complete Keylime layout (CA, server and client pairs), creating what is missing;
 // it is what `tls_dir = "generate"` does on first start. It returns whether anything was created.
 func Ensure(dir string, subj Subject, serverSANs []string) (bool, error) {

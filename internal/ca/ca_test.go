@@ -1,12 +1,15 @@
 package ca
 
 import (
+	"bytes"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestEnsureLayoutAndIssue(t *testing.T) {
@@ -82,5 +85,36 @@ func TestEnsureConcurrent(t *testing.T) {
 		if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 			t.Errorf("%s not signed by the CA on disk: %v", n, err)
 		}
+	}
+}
+
+// TestCRL: the CA writes an empty CRL signed by itself, in DER and PEM.
+func TestCRL(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	c, err := Init(dir, DefaultSubject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := c.CRL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := crl.CheckSignatureFrom(c.Cert); err != nil {
+		t.Fatalf("CRL not signed by the CA: %v", err)
+	}
+	if len(crl.RevokedCertificateEntries) != 0 || !crl.NextUpdate.After(time.Now()) {
+		t.Errorf("CRL %+v", crl)
+	}
+	onDisk, err := os.ReadFile(filepath.Join(dir, "cacrl.der"))
+	if err != nil || !bytes.Equal(onDisk, der) {
+		t.Fatalf("cacrl.der: %v", err)
+	}
+	p, err := os.ReadFile(filepath.Join(dir, "cacrl.pem"))
+	if blk, _ := pem.Decode(p); err != nil || blk == nil || blk.Type != "X509 CRL" || !bytes.Equal(blk.Bytes, der) {
+		t.Fatalf("cacrl.pem: %v", err)
 	}
 }

@@ -366,9 +366,12 @@ func certPackage(caDir, includeDir, id string) ([]byte, error) {
 	if _, err := c.Issue(id, ca.Client, nil); err != nil {
 		return nil, err
 	}
+	if _, err := c.CRL(); err != nil {
+		return nil, err
+	}
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)
-	for _, name := range []string{id + "-cert.crt", id + "-private.pem", id + "-public.pem", ca.CACertFile, ca.RevocationNotifier + "-cert.crt"} {
+	for _, name := range []string{id + "-cert.crt", id + "-private.pem", id + "-public.pem", ca.CACertFile, "cacrl.der", "cacrl.pem", ca.RevocationNotifier + "-cert.crt"} {
 		b, err := os.ReadFile(filepath.Join(caDir, name))
 		if err != nil {
 			if name == ca.RevocationNotifier+"-cert.crt" && errors.Is(err, fs.ErrNotExist) {
@@ -393,6 +396,32 @@ func certPackage(caDir, includeDir, id string) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// certRevocation returns, for --cert, what Keylime's tenant sends with the agent: the CA directory's
+// RevocationNotifier private key (the verifier signs this agent's revocations with it, so they verify
+// with the RevocationNotifier-cert.crt in the package) and metadata naming the agent's new certificate.
+func certRevocation(caDir, id string) (string, string, error) {
+	certPEM, err := os.ReadFile(filepath.Join(caDir, id+"-cert.crt"))
+	if err != nil {
+		return "", "", err
+	}
+	cert, err := ca.ParseCertPEM(certPEM)
+	if err != nil {
+		return "", "", err
+	}
+	meta, err := json.Marshal(map[string]any{"cert_serial": cert.SerialNumber, "subject": cert.Subject.String()})
+	if err != nil {
+		return "", "", err
+	}
+	key, err := os.ReadFile(filepath.Join(caDir, ca.RevocationNotifier+"-private.pem"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", string(meta), nil
+	}
+	if err != nil {
+		return "", "", err
+	}
+	return string(key), string(meta), nil
 }
 
 func zipDir(zw *zip.Writer, dir string) error {
@@ -435,6 +464,11 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 		if opts.Payload, err = readPayload(c.String("file"), c.String("include"), c.String("cert"), id); err != nil {
 			return err
 		}
+		if caDir := c.String("cert"); caDir != "" {
+			if opts.RevocationKey, opts.Metadata, err = certRevocation(caDir, id); err != nil {
+				return err
+			}
+		}
 		if opts.RuntimePolicy, err = readRuntimePolicyInput(c); err != nil {
 			return err
 		}
@@ -457,7 +491,7 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 		out := addOutput{AddResult: res}
 		var waitErr error
 		if c.Bool("verify") {
-			if err := tn.VerifyPayload(c.Context, id, 2*time.Minute); err != nil {
+			if err := tn.VerifyPayload(c.Context, id, 0); err != nil {
 				return err
 			}
 			out.PayloadVerified = true

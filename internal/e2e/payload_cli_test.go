@@ -38,7 +38,7 @@ func tenantCLI(t *testing.T, s *System, args ...string) (stdout, stderr string, 
 	full := []string{
 		"--config", conf,
 		"--set", "tenant.keylime_dir=" + t.TempDir(), "--set", "tenant.tls_dir=" + s.CADir,
-		"--set", "tenant.max_retries=20", "--set", "tenant.retry_interval=0.1", "--set", "tenant.exponential_backoff=false",
+		"--set", "tenant.max_retries=40", "--set", "tenant.retry_interval=0.1", "--set", "tenant.exponential_backoff=false",
 		"--set", "tenant.request_timeout=5",
 		"tenant",
 	}
@@ -171,7 +171,7 @@ func TestCLICertPackageRevocation(t *testing.T) {
 	}
 	unzipped := filepath.Join(watcher.DataDir, "secure", "unzipped")
 	id := watcher.UUID()
-	for _, name := range []string{id + "-cert.crt", id + "-private.pem", id + "-public.pem", "cacert.crt", "RevocationNotifier-cert.crt", "action_list", "record"} {
+	for _, name := range []string{id + "-cert.crt", id + "-private.pem", id + "-public.pem", "cacert.crt", "cacrl.der", "cacrl.pem", "RevocationNotifier-cert.crt", "action_list", "record"} {
 		if _, err := os.Stat(filepath.Join(unzipped, name)); err != nil {
 			t.Errorf("package lacks %s: %v", name, err)
 		}
@@ -191,6 +191,23 @@ func TestCLICertPackageRevocation(t *testing.T) {
 	pool.AddCert(caCert)
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil || cert.Subject.CommonName != id {
 		t.Errorf("agent certificate (CN %q) does not chain to the packaged CA: %v", cert.Subject.CommonName, err)
+	}
+
+	// The CRL is the CA's; the verifier keeps the certificate's serial and subject as metadata.
+	crlDER, _ := os.ReadFile(filepath.Join(unzipped, "cacrl.der"))
+	if crl, err := x509.ParseRevocationList(crlDER); err != nil || crl.CheckSignatureFrom(caCert) != nil {
+		t.Errorf("packaged CRL: %v", err)
+	}
+	st, err := s.Verifier.Agent(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		Serial  json.Number `json:"cert_serial"`
+		Subject string      `json:"subject"`
+	}
+	if err := json.Unmarshal([]byte(st.MetaData), &meta); err != nil || meta.Serial.String() != cert.SerialNumber.String() || meta.Subject != cert.Subject.String() {
+		t.Errorf("meta_data %q (%v), want serial %v and subject %q", st.MetaData, err, cert.SerialNumber, cert.Subject.String())
 	}
 
 	victim := startAttested(t, s, AgentOptions{})
@@ -214,5 +231,30 @@ func TestCLICertPackageRevocation(t *testing.T) {
 	}
 	if msg.AgentID != victim.UUID() || msg.Type != "revocation" || msg.EventID != "pcr_validation.invalid_pcr_15" {
 		t.Errorf("payload action got %+v", msg)
+	}
+}
+
+// TestCLIVerifyGivesUp: `tenant add --verify` on an agent that fails its attestation (so never gets V)
+// gives up after tenant.max_retries attempts, exits 1 naming the reason, and leaves the agent stopped on
+// the verifier.
+func TestCLIVerifyGivesUp(t *testing.T) {
+	testbed.RequireSWTPM(t)
+	s := NewSystem(t)
+	s.StartVerifier(VerifierOptions{})
+	a := s.StartAgent(AgentOptions{})
+	if _, err := s.WaitActive(a.UUID(), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	wrong := `{"15": ["ff00000000000000000000000000000000000000000000000000000000000000"]}`
+	f := filepath.Join(t.TempDir(), "payload")
+	_ = os.WriteFile(f, []byte("top secret"), 0o600)
+	start := time.Now()
+	out, errOut, code := tenantCLI(t, s, "add", "-u", a.UUID(), "--no-ek-check", "--tpm_policy", wrong, "-f", f, "--verify")
+	if code != 1 || !strings.Contains(errOut, "payload key not verified") {
+		t.Fatalf("exit %d, want 1 with the reason\n%s\n%s", code, out, errOut)
+	}
+	t.Logf("gave up after %v", time.Since(start))
+	if _, err := s.WaitVerifier(a.UUID(), 5*time.Second, InState(api.StateTenantFailed)); err != nil {
+		t.Fatalf("agent not stopped: %v", err)
 	}
 }
