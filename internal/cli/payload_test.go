@@ -52,7 +52,7 @@ func TestReadPayload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "RevocationNotifier-cert.crt,agent-1-cert.crt,agent-1-private.pem,agent-1-public.pem,autorun.sh,cacert.crt,sub/x"
+	want := "RevocationNotifier-cert.crt,agent-1-cert.crt,agent-1-private.pem,agent-1-public.pem,autorun.sh,cacert.crt,cacrl.der,cacrl.pem,sub/x"
 	if got := strings.Join(zipNames(t, b), ","); got != want {
 		t.Fatalf("--cert package: %s", got)
 	}
