@@ -36,9 +36,13 @@ type hostSystem struct {
 	mat      *transport.Material
 }
 
-// buildKeylime builds the release binary as shipped (CGO_ENABLED=0, static).
+// buildKeylime builds the release binary as shipped (CGO_ENABLED=0, static), or takes the one named
+// by KEYLIME_VM_BINARY (to attest a binary built elsewhere).
 func buildKeylime(t *testing.T, dir string) string {
 	t.Helper()
+	if b := os.Getenv("KEYLIME_VM_BINARY"); b != "" {
+		return b
+	}
 	bin := filepath.Join(dir, "keylime")
 	cmd := exec.Command("go", "build", "-o", bin, "github.com/keylime-go/keylime")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
