@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -396,16 +395,6 @@ func TestIMAVerifierRestartContinues(t *testing.T) {
 func TestIMAReboot(t *testing.T) {
 	s := NewSystem(t)
 	s.StartVerifier(VerifierOptions{QuoteInterval: 100 * time.Millisecond})
-	tp, err := softagent.NewTPM(softagent.ECC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := listen(t)
-	sa, err := softagent.New(ln, softagent.Config{TPM: tp, ClientCAs: s.ClientTLS().Pool, IMA: &softagent.IMAConfig{Initial: 10}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sa.Close() })
 	extra := func(i int) (string, [32]byte) {
 		return "/opt/extra-" + strconv.Itoa(i), sha256.Sum256([]byte("extra " + strconv.Itoa(i)))
 	}
@@ -421,16 +410,9 @@ func TestIMAReboot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert := string(sa.CertPEM())
-	empty := ""
-	req := &api.AddAgentRequest{
-		CloudAgentIP: "127.0.0.1", CloudAgentPort: api.Port(ln.Addr().(*net.TCPAddr).Port), TPMPolicy: "{}", MBPolicyName: &empty,
-		Metadata: "{}", AKTPM: base64.StdEncoding.EncodeToString(sa.AKPublic()), MTLSCert: &cert, SupportedVersion: api.CurrentVersion,
-		RuntimePolicy: base64.StdEncoding.EncodeToString(pol),
-	}
-	if err := s.Verifier.Add(t.Context(), sa.UUID(), req); err != nil {
-		t.Fatal(err)
-	}
+	sa := addSoftAgent(t, s, softagent.Config{IMA: &softagent.IMAConfig{Initial: 10}}, func(r *api.AddAgentRequest) {
+		r.RuntimePolicy = base64.StdEncoding.EncodeToString(pol)
+	})
 	for i := range 2 { // entries 10 and 11 of the first boot
 		path, d := extra(i)
 		if err := sa.AddIMAEntry(path, d); err != nil {
