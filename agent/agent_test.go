@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"bytes"
+	"crypto"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -11,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/rs/zerolog"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/testbed"
+	"github.com/keylime-go/keylime/policy/ima"
 	"github.com/keylime-go/keylime/tpm"
 	"github.com/keylime-go/keylime/tpm/device"
 )
@@ -194,5 +198,30 @@ func BenchmarkIntegrityQuote(b *testing.B) {
 			}
 			b.ReportMetric(float64(time.Since(start).Microseconds())/float64(b.N)/1000, "ms/quote")
 		})
+	}
+}
+
+// imaPCR10Values gives every running PCR 10 value of the IMA log, ending with what a full replay
+// (policy/ima) gives, so a quote taken in the middle of the kernel's extends can be matched.
+func TestIMAPCR10Values(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ascii_runtime_measurements")
+	raw, err := os.ReadFile("../testdata/vm-ovmf-ima-ng/ascii_runtime_measurements")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vals := imaPCR10Values(path, tpm2.TPMAlgSHA256)
+	want, err := ima.Replay(bytes.NewReader(raw), crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Count(raw, []byte("\n"))
+	if len(vals) != lines+1 || !bytes.Equal(vals[0], make([]byte, 32)) || !bytes.Equal(vals[len(vals)-1], want[crypto.SHA256]) {
+		t.Fatalf("%d values for %d entries; last %x, replay %x", len(vals), lines, vals[len(vals)-1], want[crypto.SHA256])
+	}
+	if imaPCR10Values(filepath.Join(t.TempDir(), "missing"), tpm2.TPMAlgSHA256) != nil {
+		t.Fatal("values for a missing log")
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/httpx"
 	"github.com/keylime-go/keylime/policy"
+	"github.com/keylime-go/keylime/policy/ima"
 	"github.com/keylime-go/keylime/tpm"
 	"github.com/keylime-go/keylime/tpm/device"
 )
@@ -159,7 +161,13 @@ func (a *Agent) quote(version, nonce string, mask uint32, withPubkey bool, imaEn
 		err = a.cfg.TPM.PCRExtend(policy.DataPCR, bank, nkHash.Sum(nil))
 	}
 	if err == nil {
-		q, err = a.cfg.TPM.Quote(a.ak, []byte(nonce), bank, pcrs)
+		var cands device.Candidates
+		if mask&(1<<policy.IMAPCR) != 0 && a.cfg.IMALogPath != "" {
+			cands = func(bank tpm2.TPMAlgID) map[int][][]byte {
+				return map[int][][]byte{policy.IMAPCR: imaPCR10Values(a.cfg.IMALogPath, bank)}
+			}
+		}
+		q, err = a.cfg.TPM.QuoteResolving(a.ak, []byte(nonce), bank, pcrs, cands)
 	}
 	a.quoteMu.Unlock()
 	if err != nil {
@@ -199,6 +207,51 @@ func (a *Agent) quote(version, nonce string, mask uint32, withPubkey bool, imaEn
 	}
 	a.log.Debug().Str("mask", policy.FormatMask(mask)).Bool("pubkey", withPubkey).Dur("took", time.Since(start)).Msg("quote")
 	return res, nil
+}
+
+// maxPCR10Values bounds how many running PCR 10 values imaPCR10Values keeps (the latest): the quote
+// being resolved was taken just before the log was read.
+const maxPCR10Values = 4096
+
+// imaPCR10Values replays the IMA log into PCR 10 of bank and returns the running values after each
+// entry (the latest maxPCR10Values, oldest first): what PCR 10 may have held when a quote was taken
+// while the kernel kept extending it. Unreadable logs or lines give what was replayed so far.
+func imaPCR10Values(path string, bank tpm2.TPMAlgID) [][]byte {
+	h, err := bank.Hash()
+	if err != nil || ima.CheckBank(h) != nil {
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	running := make([]byte, h.Size())
+	out := [][]byte{bytes.Clone(running)}
+	p := ima.NewBytesParser(data, 0)
+	var ext []byte
+	for {
+		e, err := p.Next()
+		if err != nil {
+			var pe *ima.ParseError
+			if errors.As(err, &pe) {
+				continue
+			}
+			break // io.EOF or a read error
+		}
+		if e.PCR != policy.IMAPCR {
+			continue
+		}
+		ext = e.ExtendValue(h, ext[:0])
+		w := h.New()
+		w.Write(running)
+		w.Write(ext)
+		running = w.Sum(running[:0])
+		if len(out) == maxPCR10Values {
+			out = out[1:]
+		}
+		out = append(out, bytes.Clone(running))
+	}
+	return out
 }
 
 // readIMALog returns the ASCII IMA log from entry first on; when first is beyond the log, the whole log

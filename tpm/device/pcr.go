@@ -14,7 +14,7 @@ const (
 	// maxPCR is the highest PCR index accepted (PC Client TPMs have 24 PCRs, 0-23).
 	maxPCR = 23
 	// pcrRetries bounds how often a read or quote is repeated when PCRs change underneath it.
-	pcrRetries = 5
+	pcrRetries = 10
 )
 
 var (
@@ -179,10 +179,40 @@ func (t *TPM) PCRReset(pcr int) error {
 	return nil
 }
 
+// resolve substitutes, one PCR at a time, each proposed value (latest first) into vals until digest
+// matches want; vals is left unchanged when none does.
+func resolve(vals map[int][]byte, proposed map[int][][]byte, digest func() []byte, want []byte) bool {
+	for pcr, list := range proposed {
+		orig, ok := vals[pcr]
+		if !ok {
+			continue
+		}
+		for i := len(list) - 1; i >= 0; i-- {
+			vals[pcr] = list[i]
+			if bytes.Equal(digest(), want) {
+				return true
+			}
+		}
+		vals[pcr] = orig
+	}
+	return false
+}
+
 // Quote signs pcrs of bank with ak over nonce (the qualifying data, at most 64 bytes) and reads
 // those PCRs right after, under the same lock. It checks that the values read hash to the pcrDigest
 // in the quote and repeats quote and read when PCRs changed in between (another process extending).
 func (t *TPM) Quote(ak *AK, nonce []byte, bank tpm2.TPMAlgID, pcrs []int) (*Quote, error) {
+	return t.QuoteResolving(ak, nonce, bank, pcrs, nil)
+}
+
+// Candidates proposes values a PCR may have had when it was quoted, for a PCR that some other party
+// (the kernel's IMA) keeps extending: e.g. every running value of PCR 10 replayed from the IMA log.
+type Candidates func(bank tpm2.TPMAlgID) map[int][][]byte
+
+// QuoteResolving is Quote for a platform where PCRs keep changing: when the values read after the
+// quote do not hash to its digest, it tries, one PCR at a time, the values candidates proposes (read
+// after the quote, so a log holds the quoted state) before quoting again.
+func (t *TPM) QuoteResolving(ak *AK, nonce []byte, bank tpm2.TPMAlgID, pcrs []int, candidates Candidates) (*Quote, error) {
 	if ak == nil {
 		return nil, errors.New("quote: no AK")
 	}
@@ -225,12 +255,18 @@ func (t *TPM) Quote(ak *AK, nonce []byte, bank tpm2.TPMAlgID, pcrs []int) (*Quot
 		if err != nil {
 			return nil, err
 		}
-		h := digestAlg.New()
-		for _, p := range quoted {
-			h.Write(vals[p])
+		digest := func() []byte {
+			h := digestAlg.New()
+			for _, p := range quoted {
+				h.Write(vals[p])
+			}
+			return h.Sum(nil)
 		}
-		if !bytes.Equal(h.Sum(nil), info.PCRDigest.Buffer) {
-			continue // PCRs changed between quote and read
+		if !bytes.Equal(digest(), info.PCRDigest.Buffer) {
+			// PCRs changed between quote and read: try the values they may have had.
+			if candidates == nil || !resolve(vals, candidates(bank), digest, info.PCRDigest.Buffer) {
+				continue
+			}
 		}
 		return &Quote{
 			Attest:    q.Quoted.Bytes(),
