@@ -333,6 +333,9 @@ func Load(path string, env []string, overrides []string) (Config, error) {
 			continue
 		}
 		if err := cfg.setEnv(strings.TrimPrefix(name, "KEYLIME_"), value); err != nil {
+			if errors.Is(err, errNoSection) {
+				continue // KEYLIME_<not a section>_…: another tool's variable (KEYLIME_VM_TEST, …)
+			}
 			return cfg, fmt.Errorf("environment %s: %w", name, err)
 		}
 	}
@@ -351,6 +354,10 @@ func Load(path string, env []string, overrides []string) (Config, error) {
 // ErrUnknownKey is returned for a section or key that the configuration does not have.
 var ErrUnknownKey = errors.New("unknown key")
 
+// errNoSection marks an unknown section (a KEYLIME_ environment variable of another tool is ignored;
+// an unknown key of a known section is an error).
+var errNoSection = fmt.Errorf("%w: no such section", ErrUnknownKey)
+
 // Set assigns value, parsed for the key's type, to "section.key".
 func (c *Config) Set(key, value string) error {
 	section, name, ok := strings.Cut(key, ".")
@@ -368,7 +375,7 @@ func (c *Config) Set(key, value string) error {
 func (c *Config) setEnv(name, value string) error {
 	section, rest, ok := strings.Cut(name, "_")
 	if !ok {
-		return fmt.Errorf("%w: want KEYLIME_<SECTION>_<KEY>", ErrUnknownKey)
+		return fmt.Errorf("%w: want KEYLIME_<SECTION>_<KEY>", errNoSection)
 	}
 	f, err := c.field(strings.ToLower(section), func(tag string) bool { return strings.EqualFold(tag, rest) })
 	if err != nil {
@@ -391,7 +398,7 @@ func (c *Config) field(section string, match func(tag string) bool) (reflect.Val
 		}
 		return reflect.Value{}, fmt.Errorf("%w in section [%s]", ErrUnknownKey, section)
 	}
-	return reflect.Value{}, fmt.Errorf("%w: no section [%s]", ErrUnknownKey, section)
+	return reflect.Value{}, fmt.Errorf("%w: [%s]", errNoSection, section)
 }
 
 func tagName(f reflect.StructField) string {

@@ -111,7 +111,6 @@ func TestOverrideErrors(t *testing.T) {
 		unknown   bool
 	}{
 		{name: "env unknown key", env: []string{"KEYLIME_AGENT_NOPE=1"}, unknown: true},
-		{name: "env unknown section", env: []string{"KEYLIME_NOPE_PORT=1"}, unknown: true},
 		{name: "env bad int", env: []string{"KEYLIME_AGENT_PORT=x"}},
 		{name: "env bad bool", env: []string{"KEYLIME_AGENT_ENABLE_AGENT_MTLS=maybe"}},
 		{name: "set unknown key", sets: []string{"agent.nope=1"}, unknown: true},
@@ -127,6 +126,18 @@ func TestOverrideErrors(t *testing.T) {
 				t.Errorf("errors.Is(ErrUnknownKey) = %v for %v", !tc.unknown, err)
 			}
 		})
+	}
+}
+
+// Variables of other tools that share the KEYLIME_ prefix (no such section) are left alone; a set
+// override with an unknown section is still an error (above).
+func TestEnvOfOtherTools(t *testing.T) {
+	cfg, err := Load("", []string{"KEYLIME_VM_TEST=1", "KEYLIME_NOPE_PORT=1", "KEYLIME_X=1", "KEYLIME_AGENT_PORT=9100"}, nil)
+	if err != nil || cfg.Agent.Port != 9100 {
+		t.Fatalf("Load = %v (agent port %d)", err, cfg.Agent.Port)
+	}
+	if _, err := Load("", nil, []string{"nope.port=1"}); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("--set nope.port: %v", err)
 	}
 }
 
