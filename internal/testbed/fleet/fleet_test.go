@@ -383,3 +383,27 @@ func TestRSAKeyCache(t *testing.T) {
 		t.Errorf("without cache: %v", err)
 	}
 }
+
+func TestSummarize(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	hundred := make([]time.Duration, 100)
+	for i := range hundred {
+		hundred[i] = ms(100 - i) // unsorted
+	}
+	tests := []struct {
+		name string
+		in   []time.Duration
+		want fleet.Percentiles
+	}{
+		{"empty", nil, fleet.Percentiles{}},
+		{"one", []time.Duration{ms(7)}, fleet.Percentiles{P50: ms(7), P90: ms(7), P99: ms(7), Max: ms(7)}},
+		{"1..100 ms", hundred, fleet.Percentiles{P50: ms(50), P90: ms(90), P99: ms(99), Max: ms(100)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fleet.Summarize(tc.in); got != tc.want {
+				t.Errorf("Summarize = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}

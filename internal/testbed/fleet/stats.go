@@ -38,6 +38,9 @@ type Percentiles struct {
 	P50, P90, P99, Max time.Duration
 }
 
+// Summarize returns the nearest-rank percentiles of d (sorted in place).
+func Summarize(d []time.Duration) Percentiles { return percentiles(d) }
+
 // percentiles returns the nearest-rank percentiles of d (sorted in place).
 func percentiles(d []time.Duration) Percentiles {
 	if len(d) == 0 {

@@ -162,6 +162,7 @@ type Result struct {
 	VerifyUS         float64 `json:"signature_verify_us"`
 	FloorPerS        float64 `json:"crypto_floor_attestations_per_s"`
 	FloorRatio       float64 `json:"cpu_per_attestation_over_verify"`
+	Fsync            Millis  `json:"disk_fsync_ms"`
 	RSSIdle          int64   `json:"verifier_rss_idle_bytes"`
 	RSS              int64   `json:"verifier_rss_bytes"`
 	HWM              int64   `json:"verifier_rss_peak_bytes"`
@@ -337,7 +338,12 @@ func run(o options) error {
 		}()
 	}
 	logf("measuring for %v", o.duration)
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	fsyncs := make(chan []time.Duration, 1)
+	go func() { fsyncs <- probeFsync(probeCtx, filepath.Join(dir, "fsync-probe")) }()
 	time.Sleep(o.duration)
+	stopProbe()
+	r.Fsync = millis(fleet.Summarize(<-fsyncs))
 	u1, err := d.Verifier.Usage()
 	if err != nil {
 		return err
@@ -477,6 +483,34 @@ func fetch(addr, path, file string) error {
 	return out.Close()
 }
 
+// probeFsync writes 4 KiB and fdatasyncs a file in the verifier's directory every 100 ms until ctx
+// ends, and returns how long each sync took: the disk latency a bbolt commit waits for.
+func probeFsync(ctx context.Context, path string) []time.Duration {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	buf := make([]byte, 4096)
+	var out []time.Duration
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return out
+		case <-time.After(100 * time.Millisecond):
+		}
+		t := time.Now()
+		if _, err := f.WriteAt(buf, int64(i%64)*4096); err != nil {
+			return out
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			return out
+		}
+		out = append(out, time.Since(t))
+	}
+}
+
 // retryFetch is fetch, retried until the server answers (a process that is starting) or ctx ends.
 func retryFetch(ctx context.Context, addr, path, file string) error {
 	for {
@@ -550,6 +584,7 @@ func printTable(w io.Writer, r *Result) {
 		{"verifier CPU", fmt.Sprintf("%.1fs = %.2f cores, %.0f µs per attestation", r.VerifierCPUS, r.VerifierCores, r.CPUPerAttestUS)},
 		{"crypto floor", fmt.Sprintf("verify %.0f µs => %.0f/s on %d cores; CPU/attestation = %.1f× verify", r.VerifyUS, r.FloorPerS, r.Cores, r.FloorRatio)},
 		{"fleet CPU", fmt.Sprintf("%.2f cores", r.FleetCores)},
+		{"disk fdatasync (4 KiB, every 100 ms)", pct(r.Fsync)},
 		{"verifier RSS idle / now / peak", mb(r.RSSIdle) + " / " + mb(r.RSS) + " / " + mb(r.HWM)},
 		{"verifier bytes per agent", fmt.Sprintf("%d", r.BytesPerAgent)},
 		{"verifier.db", mb(r.DBBytes)},
