@@ -49,6 +49,15 @@ func (t *Tx) Get(bucket Bucket, key []byte) ([]byte, error) {
 	return clone(v), nil
 }
 
+// Has reports whether key is in bucket, without copying its value.
+func (t *Tx) Has(bucket Bucket, key []byte) (bool, error) {
+	b, err := t.bucket(bucket, false)
+	if err != nil {
+		return false, err
+	}
+	return b != nil && b.Get(key) != nil, nil
+}
+
 // Put stores value at key in bucket, creating the bucket path if needed.
 func (t *Tx) Put(bucket Bucket, key, value []byte) error {
 	b, err := t.bucket(bucket, true)

@@ -314,31 +314,92 @@ func (v *Verifier) setState(st *agentState, state int) {
 	}
 }
 
-// persist writes st's record: state changes at once, routine updates batched with other agents'.
+// persist writes st's record: state changes at once; routine updates (counters, the IMA position)
+// are marked dirty and written with every other dirty agent's by the flusher, so no poll waits for
+// the disk.
 func (v *Verifier) persist(st *agentState, immediate bool) {
-	st.mu.Lock()
-	if st.deleted {
-		st.mu.Unlock()
+	if !immediate && v.flusherOn.Load() {
+		v.dirtyMu.Lock()
+		v.dirty[st] = struct{}{}
+		v.dirtyMu.Unlock()
 		return
 	}
-	raw, err := encodeRecord(&st.rec)
-	id := st.rec.AgentID
-	st.mu.Unlock()
-	if err == nil {
-		write := v.db.Batch
-		if immediate {
-			write = v.db.Update
+	v.writeRecords([]*agentState{st})
+}
+
+// flushInterval is how often the flusher writes the dirty agents.
+const flushInterval = 250 * time.Millisecond
+
+// flusher writes the dirty agents every flushInterval in one transaction, and once more when ctx ends.
+func (v *Verifier) flusher(ctx context.Context) {
+	t := time.NewTicker(flushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			v.flusherOn.Store(false)
+			v.flush()
+			return
+		case <-t.C:
+			v.flush()
 		}
-		err = write(func(tx *store.Tx) error {
-			// A concurrent delete wins: never resurrect a deleted agent.
-			if _, gerr := tx.Get(bucketAgents, []byte(id)); gerr != nil {
-				return nil
-			}
-			return tx.Put(bucketAgents, []byte(id), raw)
-		})
 	}
+}
+
+func (v *Verifier) flush() {
+	v.dirtyMu.Lock()
+	if len(v.dirty) == 0 {
+		v.dirtyMu.Unlock()
+		return
+	}
+	batch := make([]*agentState, 0, len(v.dirty))
+	for st := range v.dirty {
+		batch = append(batch, st)
+	}
+	clear(v.dirty)
+	v.dirtyMu.Unlock()
+	v.writeRecords(batch)
+}
+
+// writeRecords writes the records of sts in one transaction; a deleted agent is never written back.
+func (v *Verifier) writeRecords(sts []*agentState) {
+	type item struct {
+		id  string
+		raw []byte
+	}
+	items := make([]item, 0, len(sts))
+	for _, st := range sts {
+		st.mu.Lock()
+		if st.deleted {
+			st.mu.Unlock()
+			continue
+		}
+		raw, err := encodeRecord(&st.rec)
+		id := st.rec.AgentID
+		st.mu.Unlock()
+		if err != nil {
+			v.log.Error().Err(err).Str("agent", id).Msg("cannot save agent state")
+			continue
+		}
+		items = append(items, item{id, raw})
+	}
+	if len(items) == 0 {
+		return
+	}
+	err := v.db.Update(func(tx *store.Tx) error {
+		for _, it := range items {
+			// A concurrent delete wins: never resurrect a deleted agent.
+			if ok, err := tx.Has(bucketAgents, []byte(it.id)); err != nil || !ok {
+				continue
+			}
+			if err := tx.Put(bucketAgents, []byte(it.id), it.raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		v.log.Error().Err(err).Str("agent", id).Msg("cannot save agent state")
+		v.log.Error().Err(err).Int("agents", len(items)).Msg("cannot save agent state")
 	}
 }
 

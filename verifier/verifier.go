@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -100,6 +101,10 @@ type Verifier struct {
 	wg        sync.WaitGroup
 	// notifier delivers revocation messages.
 	notifier *notifier
+	// dirty are the agents whose routine updates the flusher writes next (flusherOn while it runs).
+	dirtyMu   sync.Mutex
+	dirty     map[*agentState]struct{}
+	flusherOn atomic.Bool
 	// sessions caches TLS sessions to agents for ConnectPerQuote.
 	sessions tls.ClientSessionCache
 }
@@ -144,7 +149,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, sessions: tls.NewLRUClientSessionCache(1 << 16),
+	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, sessions: tls.NewLRUClientSessionCache(1 << 16), dirty: map[*agentState]struct{}{},
 		policies: map[policyKind]*policySet{}, compilers: defaultCompilers()}
 	if err := v.loadPolicies(); err != nil {
 		db.Close()
@@ -174,6 +179,7 @@ func New(cfg Config) (*Verifier, error) {
 // Close stops nothing (cancel Run's context for that) and closes the database.
 func (v *Verifier) Close() error {
 	v.wg.Wait()
+	v.flush() // updates marked dirty while the flusher stopped
 	return v.db.Close()
 }
 
@@ -209,6 +215,12 @@ func (v *Verifier) start(ctx context.Context) {
 	defer v.mu.Unlock()
 	v.ctx = ctx
 	v.notifier = newNotifier(v)
+	v.flusherOn.Store(true)
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		v.flusher(ctx)
+	}()
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()
