@@ -34,7 +34,10 @@ const maxFailures = 10
 // thousands of agents cost no stacks while they wait.
 
 // startPolling starts st's poller; v.mu must be held.
-func (v *Verifier) startPolling(st *agentState) {
+func (v *Verifier) startPolling(st *agentState) { v.startPollingAfter(st, 0) }
+
+// startPollingAfter starts st's poller with its first round after delay; v.mu must be held.
+func (v *Verifier) startPollingAfter(st *agentState, delay time.Duration) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if v.ctx == nil || st.cancel != nil {
@@ -77,7 +80,7 @@ func (v *Verifier) startPolling(st *agentState) {
 			finish()
 		}
 	})
-	st.timer = time.AfterFunc(0, round)
+	st.timer = time.AfterFunc(delay, round)
 }
 
 // stopPolling stops st's poller and waits for it; v.mu must not be held by the poller's path.

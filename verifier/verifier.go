@@ -226,13 +226,19 @@ func (v *Verifier) start(ctx context.Context) {
 		defer v.wg.Done()
 		v.notifier.run(ctx)
 	}()
-	resumed := 0
+	// Resumed agents are spread over half a quote interval (at most a second) instead of all
+	// handshaking at once: a restarted verifier with thousands of agents stays responsive.
+	var resume []*agentState
 	for _, st := range v.agents {
 		if resumable(st.rec.State) {
 			st.rec.State = api.StateStart
-			v.startPolling(st)
-			resumed++
+			resume = append(resume, st)
 		}
+	}
+	spread := min(v.cfg.QuoteInterval/2, time.Second)
+	resumed := len(resume)
+	for i, st := range resume {
+		v.startPollingAfter(st, spread*time.Duration(i)/time.Duration(resumed))
 	}
 	if resumed > 0 {
 		v.log.Info().Int("agents", resumed).Msg("resumed polling")
