@@ -251,13 +251,22 @@ func (v *Verifier) add(req *httpx.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The id is reserved under v.mu, but the write (and its fsync) happens outside it, batched with
+	// concurrent adds: adding thousands of agents does not serialise on the disk.
 	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.agents[id] != nil {
+	if v.agents[id] != nil || v.adding[id] {
+		v.mu.Unlock()
 		return nil, httpx.Errorf(http.StatusConflict, "agent of uuid %s already exists", id)
 	}
+	v.adding[id] = true
+	v.mu.Unlock()
+	defer func() {
+		v.mu.Lock()
+		delete(v.adding, id)
+		v.mu.Unlock()
+	}()
 	published := make([]*compiledPolicy, len(acts))
-	err = v.db.Update(func(tx *store.Tx) error {
+	err = v.db.Batch(func(tx *store.Tx) error {
 		if err := tx.CompareAndSwap(bucketAgents, []byte(id), nil, raw); err != nil {
 			return err
 		}
@@ -292,8 +301,10 @@ func (v *Verifier) add(req *httpx.Request) (any, error) {
 			v.publish(acts[i].kind, acts[i].name, cp)
 		}
 	}
+	v.mu.Lock()
 	v.agents[id] = st
 	v.startPolling(st)
+	v.mu.Unlock()
 	v.log.Info().Str("agent", id).Str("ip", rec.IP).Int("port", rec.Port).Str("tpm_policy", rec.TPMPolicy).
 		Str("runtime_policy", rec.RuntimePolicyName).Str("mb_policy", rec.MBPolicyName).Msg("agent added")
 	return nil, nil

@@ -94,6 +94,8 @@ type Verifier struct {
 
 	mu     sync.Mutex
 	agents map[string]*agentState
+	// adding reserves the ids of adds being written.
+	adding map[string]bool
 	// policies are the named runtime and measured-boot policies, compiled once; compilers parse them.
 	policies  map[policyKind]*policySet
 	compilers map[policyKind]func([]byte) (any, error)
@@ -149,7 +151,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, sessions: tls.NewLRUClientSessionCache(1 << 16), dirty: map[*agentState]struct{}{},
+	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, sessions: tls.NewLRUClientSessionCache(1 << 16), dirty: map[*agentState]struct{}{}, adding: map[string]bool{},
 		policies: map[policyKind]*policySet{}, compilers: defaultCompilers()}
 	if err := v.loadPolicies(); err != nil {
 		db.Close()

@@ -18,7 +18,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -219,5 +221,53 @@ func TestMalformedAddRequests(t *testing.T) {
 				t.Errorf("store changed:\n%s\n%s", before, after)
 			}
 		})
+	}
+}
+
+// Concurrent adds are written in batches outside the verifier's lock: of many adds of one id exactly
+// one wins, and adds of distinct ids all land.
+func TestConcurrentAdds(t *testing.T) {
+	tv := startVerifier(t)
+	body, _ := json.Marshal(map[string]any{
+		"cloudagent_ip": "127.0.0.1", "cloudagent_port": 1, "tpm_policy": "{}", "mb_policy_name": "", "metadata": "{}",
+		"accept_tpm_hash_algs": []string{"sha256"}, "accept_tpm_encryption_algs": []string{"rsa"},
+		"accept_tpm_signing_algs": []string{"rsassa"}, "ak_tpm": fixtureB64(t, "ak-rsa.tpm2b"), "mtls_cert": selfSignedPEM(t),
+		"supported_version": "2.1",
+	})
+	var wg sync.WaitGroup
+	codes := make([]int, 16)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i], _ = tv.do(t, "POST", "/v2.1/agents/same", string(body))
+		}()
+	}
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, env := tv.do(t, "POST", "/v2.1/agents/agent-"+strconv.Itoa(i), string(body)); code != 200 {
+				t.Errorf("add agent-%d: %d %s", i, code, env.Status)
+			}
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, c := range codes {
+		switch c {
+		case 200:
+			won++
+		case 409:
+		default:
+			t.Errorf("add of a duplicate id answered %d", c)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d adds of one id succeeded, want 1 (%v)", won, codes)
+	}
+	n, err := tv.v.db.Count(bucketAgents)
+	if err != nil || n != 17 {
+		t.Fatalf("%d agents stored (%v), want 17", n, err)
 	}
 }
