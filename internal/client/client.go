@@ -55,9 +55,9 @@ func (b *base) do(ctx context.Context, method, url string, body, out any) error 
 	if err != nil {
 		return fmt.Errorf("%s %s: read response: %w", method, url, err)
 	}
-	var env api.Response
-	jsonErr := json.Unmarshal(raw, &env)
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		var env api.Response
+		jsonErr := json.Unmarshal(raw, &env)
 		e := &api.Error{Code: resp.StatusCode, Status: env.Status}
 		if jsonErr != nil || env.Status == "" {
 			e.Status = strings.TrimSpace(truncate(string(raw), 200))
@@ -67,11 +67,12 @@ func (b *base) do(ctx context.Context, method, url string, body, out any) error 
 	if resp.StatusCode == http.StatusNoContent || out == nil {
 		return nil
 	}
-	if jsonErr != nil {
-		return fmt.Errorf("%s %s: invalid JSON response: %w", method, url, jsonErr)
-	}
-	if err := env.Decode(out); err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
+	// One pass: the results decode straight into out (a quote's IMA log is not scanned twice).
+	env := struct {
+		Results any `json:"results"`
+	}{Results: out}
+	if err := json.Unmarshal(raw, &env); err != nil {
+		return fmt.Errorf("%s %s: invalid JSON response: %w", method, url, err)
 	}
 	return nil
 }
