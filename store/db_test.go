@@ -170,6 +170,34 @@ func TestPutCopiesIn(t *testing.T) {
 	}
 }
 
+// PutOwned stores the caller's value (not copied) and copies the key; Has sees it without a copy.
+func TestPutOwnedAndHas(t *testing.T) {
+	db := openTest(t, Options{})
+	err := db.Update(func(tx *Tx) error {
+		key := []byte("k1")
+		if err := tx.PutOwned(agents, key, []byte("owned")); err != nil {
+			return err
+		}
+		key[1] = '9' // the key is copied
+		for k, want := range map[string]bool{"k1": true, "k9": false} {
+			if ok, err := tx.Has(agents, []byte(k)); err != nil || ok != want {
+				t.Errorf("Has %s = %v, %v; want %v", k, ok, err, want)
+			}
+		}
+		ok, err := tx.Has(Bucket{"nope"}, []byte("k1"))
+		if err != nil || ok {
+			t.Errorf("Has in an absent bucket = %v, %v", ok, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := db.Get(agents, []byte("k1")); err != nil || string(got) != "owned" {
+		t.Fatalf("Get = %q, %v", got, err)
+	}
+}
+
 func TestDelete(t *testing.T) {
 	db := openTest(t, Options{})
 	mustPut(t, db, agents, "a", "1")

@@ -70,6 +70,19 @@ func (t *Tx) Put(bucket Bucket, key, value []byte) error {
 	return nil
 }
 
+// PutOwned is Put for a value the caller hands over: it is not copied and must not be modified until
+// the transaction ends (a freshly encoded record).
+func (t *Tx) PutOwned(bucket Bucket, key, value []byte) error {
+	b, err := t.bucket(bucket, true)
+	if err != nil {
+		return err
+	}
+	if err := b.Put(clone(key), value); err != nil {
+		return fmt.Errorf("put %s %q: %w", bucket, key, err)
+	}
+	return nil
+}
+
 // Delete removes key from bucket. It returns ErrNotFound if the key is absent,
 // so an API can answer 404; callers that want idempotent deletes ignore it.
 func (t *Tx) Delete(bucket Bucket, key []byte) error {

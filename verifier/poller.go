@@ -395,7 +395,7 @@ func (v *Verifier) writeRecords(sts []*agentState) {
 			if ok, err := tx.Has(bucketAgents, []byte(it.id)); err != nil || !ok {
 				continue
 			}
-			if err := tx.Put(bucketAgents, []byte(it.id), it.raw); err != nil {
+			if err := tx.PutOwned(bucketAgents, []byte(it.id), it.raw); err != nil {
 				return err
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/keylime-go/keylime/internal/api"
 )
@@ -27,6 +28,11 @@ type base struct {
 }
 
 func (b *base) path(p string) string { return b.url + "/v" + b.version + p }
+
+// bodyPool holds response buffers; ones that grew beyond maxPooledBody (a large IMA log) are dropped.
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledBody = 256 << 10
 
 // do sends a JSON request (body may be nil) and decodes the envelope's results into out (may be nil).
 func (b *base) do(ctx context.Context, method, url string, body, out any) error {
@@ -51,10 +57,19 @@ func (b *base) do(ctx context.Context, method, url string, body, out any) error 
 		return fmt.Errorf("%s %s: %w", method, url, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
-	if err != nil {
+	// Response bodies are read into pooled buffers: decoding copies what it keeps, so a verifier
+	// polling thousands of agents does not allocate a fresh body buffer per quote.
+	buf := bodyPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= maxPooledBody {
+			bodyPool.Put(buf)
+		}
+	}()
+	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponse)); err != nil {
 		return fmt.Errorf("%s %s: read response: %w", method, url, err)
 	}
+	raw := buf.Bytes()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		var env api.Response
 		jsonErr := json.Unmarshal(raw, &env)
