@@ -341,7 +341,7 @@ func (v *Verifier) flusher(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			v.flusherOn.Store(false)
-			v.flush()
+			v.flush(true)
 			return
 		case <-t.C:
 			v.flush()
@@ -349,7 +349,16 @@ func (v *Verifier) flusher(ctx context.Context) {
 	}
 }
 
-func (v *Verifier) flush() {
+// routineWriteEvery is how often one agent's routine updates reach the disk. Losing the last few
+// seconds of them in a crash is harmless: counters and times lag; the stored clock is older than the
+// TPM's (still monotonic); the IMA position is an earlier consistent one, from which the log is asked
+// for and judged again.
+const routineWriteEvery = 10 * time.Second
+
+// flush writes the dirty agents last written at least routineWriteEvery ago (all of them when all is
+// set, at shutdown).
+func (v *Verifier) flush(all ...bool) {
+	now := time.Now()
 	v.dirtyMu.Lock()
 	if len(v.dirty) == 0 {
 		v.dirtyMu.Unlock()
@@ -357,9 +366,15 @@ func (v *Verifier) flush() {
 	}
 	batch := make([]*agentState, 0, len(v.dirty))
 	for st := range v.dirty {
+		st.mu.Lock()
+		recent := now.Sub(st.lastWrite) < routineWriteEvery
+		st.mu.Unlock()
+		if len(all) == 0 && recent {
+			continue
+		}
 		batch = append(batch, st)
+		delete(v.dirty, st)
 	}
-	clear(v.dirty)
 	v.dirtyMu.Unlock()
 	v.writeRecords(batch)
 }
@@ -379,6 +394,7 @@ func (v *Verifier) writeRecords(sts []*agentState) {
 		}
 		raw, err := encodeRecord(&st.rec)
 		id := st.rec.AgentID
+		st.lastWrite = time.Now()
 		st.mu.Unlock()
 		if err != nil {
 			v.log.Error().Err(err).Str("agent", id).Msg("cannot save agent state")

@@ -41,6 +41,9 @@ type agentState struct {
 	mbPassed [32]byte
 	mbLog    *mb.Log
 	mbAggs   [][]byte
+	// lastWrite is when the record was last written (routine updates are written at most every
+	// routineWriteEvery).
+	lastWrite time.Time
 	// deleted is set when the agent was removed; a poller that sees it exits without writing.
 	deleted bool
 }

@@ -181,7 +181,7 @@ func New(cfg Config) (*Verifier, error) {
 // Close stops nothing (cancel Run's context for that) and closes the database.
 func (v *Verifier) Close() error {
 	v.wg.Wait()
-	v.flush() // updates marked dirty while the flusher stopped
+	v.flush(true) // updates marked dirty while the flusher stopped
 	return v.db.Close()
 }
 
