@@ -2,10 +2,7 @@ package tenant
 
 import (
 	"context"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -22,7 +19,7 @@ var ErrPayloadNotVerified = errors.New("payload key not verified")
 // identity quote bound into PCR 16), the auth_tag and the payload to the agent. It returns base64(V)
 // for the verifier.
 func (t *Tenant) sendU(ctx context.Context, ac *client.Agent, id, nkPEM string, plain []byte) (string, error) {
-	nk, err := parseNK(nkPEM)
+	nk, err := payload.ParseNK(nkPEM)
 	if err != nil {
 		return "", fmt.Errorf("%w: agent %s: NK: %w", ErrIdentityQuote, id, err)
 	}
@@ -49,22 +46,6 @@ func (t *Tenant) sendU(ctx context.Context, ac *client.Agent, id, nkPEM string, 
 	t.keys[id] = k
 	t.mu.Unlock()
 	return base64.StdEncoding.EncodeToString(v), nil
-}
-
-func parseNK(s string) (*rsa.PublicKey, error) {
-	blk, _ := pem.Decode([]byte(s))
-	if blk == nil {
-		return nil, errors.New("not PEM")
-	}
-	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	rk, ok := k.(*rsa.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("NK is %T, want RSA", k)
-	}
-	return rk, nil
 }
 
 // VerifyPayload polls the agent's keys/verify with fresh challenges until its HMAC proves it derived

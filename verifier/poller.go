@@ -2,12 +2,9 @@ package verifier
 
 import (
 	"context"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
-	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -452,7 +449,7 @@ func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int) b
 	if vHalf == nil || sent {
 		return true
 	}
-	nk, err := parseRSAPublicPEM(nkPEM)
+	nk, err := payload.ParseNK(nkPEM)
 	if err != nil {
 		v.fail(st, api.StateFailed, []policy.Failure{{EventID: "no_v", Context: map[string]any{"message": "the agent's NK is unusable: " + err.Error()}}})
 		return false
@@ -491,18 +488,3 @@ func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int) b
 	return false
 }
 
-func parseRSAPublicPEM(s string) (*rsa.PublicKey, error) {
-	blk, _ := pem.Decode([]byte(s))
-	if blk == nil {
-		return nil, errors.New("not PEM")
-	}
-	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	rk, ok := k.(*rsa.PublicKey)
-	if !ok {
-		return nil, fmt.Errorf("NK is %T, want RSA", k)
-	}
-	return rk, nil
-}

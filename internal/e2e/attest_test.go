@@ -5,14 +5,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
-	"errors"
 	"math/big"
 	"net"
 	"net/http"
@@ -343,14 +340,3 @@ func selfSignedPair(t *testing.T) tls.Certificate {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-func parseNK(s string) (*rsa.PublicKey, error) {
-	blk, _ := pem.Decode([]byte(s))
-	if blk == nil {
-		return nil, errors.New("NK is not PEM")
-	}
-	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	return k.(*rsa.PublicKey), nil
-}

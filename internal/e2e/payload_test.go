@@ -50,7 +50,7 @@ func sendU(t *testing.T, c *client.Agent, id string, k, u, zipped []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nk, err := parseNK(pem)
+	nk, err := payload.ParseNK(pem)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,10 @@ import (
 	"crypto/sha1"
 	"crypto/sha512"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -104,6 +106,23 @@ func newGCM(k []byte) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCMWithNonceSize(block, ivSize)
+}
+
+// ParseNK reads the agent's NK as it sends it (pubkey): a PEM SubjectPublicKeyInfo of an RSA key.
+func ParseNK(pemText string) (*rsa.PublicKey, error) {
+	blk, _ := pem.Decode([]byte(pemText))
+	if blk == nil {
+		return nil, errors.New("NK is not PEM")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("NK: %w", err)
+	}
+	rk, ok := k.(*rsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("NK is %T, want RSA", k)
+	}
+	return rk, nil
 }
 
 // WrapKey encrypts a key half for the agent's NK: base64 of RSA-OAEP (SHA-1, MGF1-SHA-1, no label).
