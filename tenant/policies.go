@@ -110,9 +110,12 @@ func prepareRuntimePolicy(in RuntimePolicyInput) (*preparedRuntimePolicy, error)
 	}
 	var p *ima.RuntimePolicy
 	var err error
+	current := false // in.Policy is a version 1 policy, sent unchanged unless excludes are added
 	switch {
 	case in.Policy != nil:
-		if p, err = ima.DecodeRuntimePolicy(in.Policy); err != nil {
+		if p, err = ima.DecodeRuntimePolicy(in.Policy); err == nil {
+			current = true
+		} else {
 			// An older policy or an allowlist given as --runtime-policy: convert it as Keylime does.
 			if p, err = ima.ConvertPolicy(in.Policy); err != nil {
 				return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
@@ -138,22 +141,13 @@ func prepareRuntimePolicy(in RuntimePolicyInput) (*preparedRuntimePolicy, error)
 		return nil, fmt.Errorf("%w: %w", ErrBadPolicy, err)
 	}
 	raw := in.Policy
-	if in.Allowlist != nil || in.Excludes != nil || !isCurrentPolicy(in.Policy) {
+	if !current || in.Excludes != nil {
 		if raw, err = json.Marshal(p); err != nil {
 			return nil, err
 		}
 	}
 	out.policy = base64.StdEncoding.EncodeToString(raw)
 	return &out, nil
-}
-
-// isCurrentPolicy reports whether raw decodes as a version 1 runtime policy (sent unchanged).
-func isCurrentPolicy(raw []byte) bool {
-	if raw == nil {
-		return false
-	}
-	_, err := ima.DecodeRuntimePolicy(raw)
-	return err == nil
 }
 
 func runtimePolicyError(err error) error {
