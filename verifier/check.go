@@ -8,7 +8,6 @@ import (
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/policy"
-	"github.com/keylime-go/keylime/policy/mb"
 	"github.com/keylime-go/keylime/tpm"
 )
 
@@ -122,16 +121,10 @@ func (v *Verifier) check(st *agentState, q *api.QuoteResponse, nonce string, wan
 	}
 	// PCRs judged by the runtime or measured-boot policy are not compared with static values.
 	var skip map[int]bool
-	if rec.RuntimePolicyName != "" || pols.mb != nil {
+	if judged := v.judgedPCRs(pols, &rec); judged != 0 {
 		skip = map[int]bool{}
-		if rec.RuntimePolicyName != "" {
-			skip[policy.IMAPCR] = true
-		}
-		if pols.mb != nil {
-			pcrs, _ := mb.PCRsToCheck(v.cfg.MBPolicyName)
-			for _, p := range pcrs {
-				skip[p] = true
-			}
+		for _, p := range policy.MaskPCRs(judged) {
+			skip[p] = true
 		}
 	}
 	res.failures = append(res.failures, pol.Check(quoted, skip)...)

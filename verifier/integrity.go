@@ -54,18 +54,16 @@ func valueOf(cp *compiledPolicy) any {
 	return cp.Value
 }
 
-// quoteMask is the PCRs to ask for: the static policy's, PCR 10 with a runtime policy, and the
-// measured-boot PCRs with a non-empty reference state.
-func (v *Verifier) quoteMask(static uint32, p agentPolicies, rec *record) uint32 {
-	m := static
+// judgedPCRs is the mask of PCRs the runtime and measured-boot policies judge: PCR 10 with a runtime
+// policy, the policy's measured-boot PCRs with a non-empty reference state. They are quoted, and not
+// compared with static tpm_policy values.
+func (v *Verifier) judgedPCRs(p agentPolicies, rec *record) uint32 {
+	var m uint32
 	if rec.RuntimePolicyName != "" {
 		m |= 1 << policy.IMAPCR
 	}
 	if p.mb != nil {
-		pcrs, _ := mb.PCRsToCheck(v.cfg.MBPolicyName)
-		for _, pcr := range pcrs {
-			m |= 1 << pcr
-		}
+		m |= v.mbMask
 	}
 	return m
 }

@@ -201,7 +201,7 @@ func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bo
 	}
 	st.mu.Lock()
 	pols := v.agentPolicies(&st.rec)
-	mask := policy.FormatMask(v.quoteMask(st.policy.Mask, pols, &st.rec))
+	mask := policy.FormatMask(st.policy.Mask | v.judgedPCRs(pols, &st.rec))
 	imaEntry := st.rec.IMA.NextEntry
 	st.mu.Unlock()
 	rctx, cancel := context.WithTimeout(ctx, v.cfg.RequestTimeout)
@@ -487,4 +487,3 @@ func (v *Verifier) provideV(ctx context.Context, st *agentState, retries *int) b
 	v.agentLog(st).Info().Err(err).Int("retry", *retries).Msg("cannot deliver V; will retry")
 	return false
 }
-

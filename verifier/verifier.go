@@ -107,6 +107,8 @@ type Verifier struct {
 	dirtyMu   sync.Mutex
 	dirty     map[*agentState]struct{}
 	flusherOn atomic.Bool
+	// mbMask is the PCRs a non-empty measured-boot reference state is judged on (the policy's).
+	mbMask uint32
 	// sessions caches TLS sessions to agents for ConnectPerQuote.
 	sessions tls.ClientSessionCache
 }
@@ -131,7 +133,8 @@ func New(cfg Config) (*Verifier, error) {
 	if cfg.MBPolicyName == "" {
 		cfg.MBPolicyName = "example"
 	}
-	if _, err := mb.PCRsToCheck(cfg.MBPolicyName); err != nil {
+	mbPCRs, err := mb.PCRsToCheck(cfg.MBPolicyName)
+	if err != nil {
 		return nil, fmt.Errorf("measured_boot_policy_name: %w", err)
 	}
 	switch cfg.AgentConnections {
@@ -153,6 +156,9 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, sessions: tls.NewLRUClientSessionCache(1 << 16), dirty: map[*agentState]struct{}{}, adding: map[string]bool{},
 		policies: map[policyKind]*policySet{}, compilers: defaultCompilers()}
+	for _, pcr := range mbPCRs {
+		v.mbMask |= 1 << pcr
+	}
 	if err := v.loadPolicies(); err != nil {
 		db.Close()
 		return nil, err
