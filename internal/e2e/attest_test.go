@@ -339,4 +339,3 @@ func selfSignedPair(t *testing.T) tls.Certificate {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
