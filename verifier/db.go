@@ -4,8 +4,11 @@ package verifier
 //
 //	<root>
 //	├── _store                 store's meta bucket (schema version)
-//	└── agents
-//	    └── <agent id> : JSON record   one per agent added by a tenant
+//	├── agents
+//	│   └── <agent id> : JSON record   one per agent added by a tenant
+//	└── tls_sessions
+//	    └── <agent id> : the TLS session to resume with the agent (transport.AgentTransport.Session);
+//	                     it holds the session's secret, like the verifier's key beside this file
 //
 // The verifier keeps every agent's hot state in memory and writes records here when the state changes
 // (at once) and after attestations (batched with other agents' writes).
@@ -19,7 +22,10 @@ import (
 	"github.com/keylime-go/keylime/store"
 )
 
-var bucketAgents = store.Bucket{"agents"}
+var (
+	bucketAgents   = store.Bucket{"agents"}
+	bucketSessions = store.Bucket{"tls_sessions"}
+)
 
 var migrations = []store.Migration{
 	{Version: 1, Name: "create agents bucket", Apply: func(tx *store.Tx) error { return tx.CreateBucket(bucketAgents) }},
@@ -31,6 +37,7 @@ var migrations = []store.Migration{
 		}
 		return nil
 	}},
+	{Version: 3, Name: "create TLS sessions bucket", Apply: func(tx *store.Tx) error { return tx.CreateBucket(bucketSessions) }},
 }
 
 // clockInfo is the TPM clock state of the last verified quote.
@@ -106,4 +113,23 @@ func encodeRecord(r *record) ([]byte, error) {
 		return nil, fmt.Errorf("encode agent %s: %w", r.AgentID, err)
 	}
 	return raw, nil
+}
+
+// loadSessions gives each agent's transport its saved TLS session, so that a restarted verifier
+// resumes sessions instead of making thousands of full handshakes. A session that does not load is
+// ignored: the agent then gets a full handshake.
+func (v *Verifier) loadSessions() {
+	err := v.db.ForEach(bucketSessions, func(k, val []byte) error {
+		st := v.agents[string(k)]
+		if st == nil {
+			return nil
+		}
+		if err := st.tr.SetSession(val); err != nil {
+			v.log.Debug().Err(err).Str("agent", string(k)).Msg("saved TLS session not used")
+		}
+		return nil
+	})
+	if err != nil {
+		v.log.Warn().Err(err).Msg("cannot load saved TLS sessions")
+	}
 }

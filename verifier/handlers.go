@@ -328,6 +328,9 @@ func (v *Verifier) delete(req *httpx.Request) (any, error) {
 		if err := tx.Delete(bucketAgents, []byte(id)); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
+		if err := tx.Delete(bucketSessions, []byte(id)); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
 		for _, a := range []policyAction{{kind: kindRuntime, name: rec.RuntimePolicyName, owned: rec.OwnsRuntimePolicy}, {kind: kindMB, name: rec.MBPolicyName, owned: rec.OwnsMBPolicy}} {
 			if !a.owned {
 				continue

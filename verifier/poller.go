@@ -52,12 +52,17 @@ func (v *Verifier) startPollingAfter(st *agentState, delay time.Duration) {
 			if stopWatch != nil {
 				stopWatch()
 			}
+			st.tr.CloseIdle() // not polled any more: no connection kept for it
 			close(done)
 			v.wg.Done()
 		})
 	}
+	// Rounds keep a fixed rate: the next starts wait after this one started, so a round delayed (by
+	// a slow agent, a garbage collection) does not shift every later one, and rounds delayed together
+	// do not stay bunched.
 	var round func()
 	round = func() {
+		start := time.Now()
 		wait, more := v.step(ctx, st)
 		st.mu.Lock()
 		if !more || ctx.Err() != nil {
@@ -65,9 +70,13 @@ func (v *Verifier) startPollingAfter(st *agentState, delay time.Duration) {
 			finish()
 			return
 		}
-		st.timer = time.AfterFunc(wait, round)
+		if st.poll.retries == 0 { // retries wait retry_interval after the failure
+			wait = max(0, wait-time.Since(start))
+		}
+		st.timer.Reset(wait)
 		st.mu.Unlock()
 	}
+	fire := func() { v.workers.run(round) }
 	// Cancelling ctx stops a pending timer; a round already running sees ctx and finishes itself.
 	stopWatch = context.AfterFunc(ctx, func() {
 		st.mu.Lock()
@@ -77,7 +86,40 @@ func (v *Verifier) startPollingAfter(st *agentState, delay time.Duration) {
 			finish()
 		}
 	})
-	st.timer = time.AfterFunc(delay, round)
+	st.timer = time.AfterFunc(delay, fire)
+}
+
+// workers runs polling rounds on goroutines that outlive a round: a round needs a deep stack (TLS,
+// JSON, ECDSA), which a fresh goroutine per round would grow, copying it, every time. A round goes to an
+// idle worker, or to a new one when all are busy (an agent that is slow to answer never holds up
+// another's round); workers idle for workerIdle exit.
+type workers struct{ jobs chan func() }
+
+const workerIdle = 10 * time.Second
+
+func newWorkers() *workers { return &workers{jobs: make(chan func())} }
+
+func (w *workers) run(f func()) {
+	select {
+	case w.jobs <- f:
+	default:
+		go w.work(f)
+	}
+}
+
+func (w *workers) work(f func()) {
+	f()
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	for {
+		select {
+		case f = <-w.jobs:
+			f()
+			t.Reset(workerIdle)
+		case <-t.C:
+			return
+		}
+	}
 }
 
 // stopPolling stops st's poller and waits for it; v.mu must not be held by the poller's path.
@@ -315,13 +357,11 @@ func (v *Verifier) setState(st *agentState, state int) {
 }
 
 // persist writes st's record: state changes at once; routine updates (counters, the IMA position)
-// are marked dirty and written with every other dirty agent's by the flusher, so no poll waits for
-// the disk.
+// only mark the agent dirty (an atomic flag, no lock shared between pollers) and are written with every
+// other dirty agent's by the flusher, so no poll waits for the disk or for another poll.
 func (v *Verifier) persist(st *agentState, immediate bool) {
 	if !immediate && v.flusherOn.Load() {
-		v.dirtyMu.Lock()
-		v.dirty[st] = struct{}{}
-		v.dirtyMu.Unlock()
+		st.dirty.Store(true)
 		return
 	}
 	v.writeRecords([]*agentState{st})
@@ -341,7 +381,7 @@ func (v *Verifier) flusher(ctx context.Context) {
 			v.flush(true)
 			return
 		case <-t.C:
-			v.flush()
+			v.flush(false)
 		}
 	}
 }
@@ -352,35 +392,42 @@ func (v *Verifier) flusher(ctx context.Context) {
 // for and judged again.
 const routineWriteEvery = 10 * time.Second
 
-// flush writes the dirty agents last written at least routineWriteEvery ago (all of them when all is
-// set, at shutdown).
-func (v *Verifier) flush(all ...bool) {
-	now := time.Now()
-	v.dirtyMu.Lock()
-	if len(v.dirty) == 0 {
-		v.dirtyMu.Unlock()
-		return
+// flush writes the dirty agents last written at least routineWriteEvery ago (every dirty agent when
+// all is set, at shutdown).
+func (v *Verifier) flush(all bool) {
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
+	v.mu.Lock()
+	sts := v.flushBuf[:0]
+	for _, st := range v.agents {
+		sts = append(sts, st)
 	}
-	batch := make([]*agentState, 0, len(v.dirty))
-	for st := range v.dirty {
-		st.mu.Lock()
-		recent := now.Sub(st.lastWrite) < routineWriteEvery
-		st.mu.Unlock()
-		if len(all) == 0 && recent {
+	v.mu.Unlock()
+	cutoff := time.Now().Add(-routineWriteEvery).UnixNano()
+	batch := v.flushBatch[:0]
+	for _, st := range sts {
+		if !st.dirty.Load() || (!all && st.lastWrite.Load() > cutoff) {
 			continue
 		}
+		st.dirty.Store(false)
 		batch = append(batch, st)
-		delete(v.dirty, st)
 	}
-	v.dirtyMu.Unlock()
-	v.writeRecords(batch)
+	clear(sts)
+	v.flushBuf = sts
+	if len(batch) > 0 {
+		v.writeRecords(batch)
+	}
+	clear(batch)
+	v.flushBatch = batch
 }
 
-// writeRecords writes the records of sts in one transaction; a deleted agent is never written back.
+// writeRecords writes the records of sts in one transaction, with the TLS sessions that changed since
+// they were last saved; a deleted agent is never written back.
 func (v *Verifier) writeRecords(sts []*agentState) {
 	type item struct {
-		id  string
-		raw []byte
+		id      string
+		raw     []byte
+		session []byte
 	}
 	items := make([]item, 0, len(sts))
 	for _, st := range sts {
@@ -391,13 +438,17 @@ func (v *Verifier) writeRecords(sts []*agentState) {
 		}
 		raw, err := encodeRecord(&st.rec)
 		id := st.rec.AgentID
-		st.lastWrite = time.Now()
+		st.lastWrite.Store(time.Now().UnixNano())
+		var session []byte
+		if gen := st.tr.SessionGen(); gen != st.savedSession {
+			session, st.savedSession = st.tr.Session(), gen
+		}
 		st.mu.Unlock()
 		if err != nil {
 			v.log.Error().Err(err).Str("agent", id).Msg("cannot save agent state")
 			continue
 		}
-		items = append(items, item{id, raw})
+		items = append(items, item{id, raw, session})
 	}
 	if len(items) == 0 {
 		return
@@ -410,6 +461,11 @@ func (v *Verifier) writeRecords(sts []*agentState) {
 			}
 			if err := tx.PutOwned(bucketAgents, []byte(it.id), it.raw); err != nil {
 				return err
+			}
+			if it.session != nil {
+				if err := tx.PutOwned(bucketSessions, []byte(it.id), it.session); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

@@ -2,13 +2,12 @@ package verifier
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keylime-go/keylime/internal/api"
@@ -28,6 +27,9 @@ type agentState struct {
 	ak     *tpm.Public
 	policy *policy.TPMPolicy
 	client *client.Agent
+	// tr is the agent's connection; savedSession is the tr.SessionGen whose TLS session is on disk.
+	tr           *transport.AgentTransport
+	savedSession uint32
 
 	// cancel stops the poller; done is closed when it has stopped. Both nil while not polling.
 	cancel context.CancelFunc
@@ -41,9 +43,10 @@ type agentState struct {
 	mbPassed [32]byte
 	mbLog    *mb.Log
 	mbAggs   [][]byte
-	// lastWrite is when the record was last written (routine updates are written at most every
-	// routineWriteEvery).
-	lastWrite time.Time
+	// dirty marks routine updates not written yet; lastWrite is when the record was last written
+	// (UnixNano; routine updates are written at most every routineWriteEvery).
+	dirty     atomic.Bool
+	lastWrite atomic.Int64
 	// deleted is set when the agent was removed; a poller that sees it exits without writing.
 	deleted bool
 }
@@ -66,7 +69,7 @@ func (v *Verifier) newState(rec *record) (*agentState, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc, baseURL, err := v.agentHTTP(rec)
+	tr, err := v.agentTransport(rec)
 	if err != nil {
 		return nil, err
 	}
@@ -74,48 +77,25 @@ func (v *Verifier) newState(rec *record) (*agentState, error) {
 		rec:    *rec,
 		ak:     ak,
 		policy: pol,
-		client: client.NewAgent(hc, baseURL, rec.SupportedVersion),
+		tr:     tr,
+		client: client.NewAgent(tr.Client(), tr.Scheme()+"://"+net.JoinHostPort(rec.IP, strconv.Itoa(rec.Port)), rec.SupportedVersion),
 	}, nil
 }
 
-// agentHTTP builds the HTTPS client that pins the agent's registered certificate.
-func (v *Verifier) agentHTTP(rec *record) (*http.Client, string, error) {
+// agentTransport builds the connection to the agent, pinning its registered certificate (plain HTTP
+// when the agent's mTLS is disabled).
+func (v *Verifier) agentTransport(rec *record) (*transport.AgentTransport, error) {
 	hostport := net.JoinHostPort(rec.IP, strconv.Itoa(rec.Port))
+	keep := v.cfg.AgentConnections != ConnectPerQuote
 	if rec.MTLSCert == "" || rec.MTLSCert == "disabled" {
-		return transport.NewHTTPClient(nil, v.cfg.RequestTimeout), "http://" + hostport, nil
+		return transport.NewAgentTransport(hostport, nil, "", keep)
 	}
-	cert, err := transport.ParseCertPEM(rec.MTLSCert)
+	tr, err := transport.NewAgentTransport(hostport, v.agentTLS, rec.MTLSCert, keep)
 	if err != nil {
-		return nil, "", fmt.Errorf("mtls_cert: %w", err)
+		return nil, fmt.Errorf("mtls_cert: %w", err)
 	}
-	conf, err := transport.PinnedClientConfig(v.cfg.ClientCert, cert)
-	if err != nil {
-		return nil, "", fmt.Errorf("mtls_cert: %w", err)
-	}
-	hc := transport.NewHTTPClient(conf, v.cfg.RequestTimeout)
-	if v.cfg.AgentConnections == ConnectPerQuote {
-		// A fresh connection per quote, resuming the TLS session (no certificates or signatures in
-		// the handshake): no idle connection buffers and goroutines per agent.
-		// Sessions are cached per agent: the cache is keyed by server name, which agents may share.
-		// X25519 alone: a post-quantum hybrid key share per quote would cost more than the quote.
-		conf.ClientSessionCache = agentSessions{prefix: rec.AgentID + "\x00", cache: v.sessions}
-		conf.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
-		hc.Transport.(*http.Transport).DisableKeepAlives = true
-	}
-	return hc, "https://" + hostport, nil
+	return tr, nil
 }
-
-// agentSessions is one agent's view of the verifier's TLS session cache.
-type agentSessions struct {
-	prefix string
-	cache  tls.ClientSessionCache
-}
-
-func (a agentSessions) Get(key string) (*tls.ClientSessionState, bool) {
-	return a.cache.Get(a.prefix + key)
-}
-
-func (a agentSessions) Put(key string, cs *tls.ClientSessionState) { a.cache.Put(a.prefix+key, cs) }
 
 // status renders the record as Keylime's GET agent results.
 func (v *Verifier) status(st *agentState) api.VerifierAgent {

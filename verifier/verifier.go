@@ -103,14 +103,19 @@ type Verifier struct {
 	wg        sync.WaitGroup
 	// notifier delivers revocation messages.
 	notifier *notifier
-	// dirty are the agents whose routine updates the flusher writes next (flusherOn while it runs).
-	dirtyMu   sync.Mutex
-	dirty     map[*agentState]struct{}
-	flusherOn atomic.Bool
+	// flusherOn is set while the flusher runs (routine updates are then left to it); flushMu
+	// serialises flushes, whose scratch slices are flushBuf and flushBatch.
+	flusherOn  atomic.Bool
+	flushMu    sync.Mutex
+	flushBuf   []*agentState
+	flushBatch []*agentState
+	// workers run the polling rounds.
+	workers *workers
 	// mbMask is the PCRs a non-empty measured-boot reference state is judged on (the policy's).
 	mbMask uint32
-	// sessions caches TLS sessions to agents for ConnectPerQuote.
-	sessions tls.ClientSessionCache
+	// agentTLS is the TLS configuration every agent connection starts from (client certificate,
+	// versions, key exchange); each pins its agent's certificate.
+	agentTLS *tls.Config
 }
 
 // New opens verifier.db and loads every agent.
@@ -154,7 +159,7 @@ func New(cfg Config) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, sessions: tls.NewLRUClientSessionCache(1 << 16), dirty: map[*agentState]struct{}{}, adding: map[string]bool{},
+	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, agentTLS: transport.AgentClientBase(cfg.ClientCert), workers: newWorkers(), adding: map[string]bool{},
 		policies: map[policyKind]*policySet{}, compilers: defaultCompilers()}
 	for _, pcr := range mbPCRs {
 		v.mbMask |= 1 << pcr
@@ -181,6 +186,7 @@ func New(cfg Config) (*Verifier, error) {
 		}
 		v.agents[rec.AgentID] = st
 	}
+	v.loadSessions()
 	return v, nil
 }
 

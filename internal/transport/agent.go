@@ -1,0 +1,380 @@
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// AgentTransport is the verifier's http.RoundTripper for one agent. It keeps at most one idle
+// connection and nothing else between requests: no goroutines and no buffers per connection (requests
+// and responses go through pooled bufio buffers), and no parsed certificate: the pinned certificate is
+// parsed when a connection is made and dropped once the handshake has checked it. Thousands of agents
+// polled every few seconds then cost a socket and a TLS state each, instead of net/http's two goroutines
+// and 8 KiB of buffers per kept-alive connection.
+//
+// A connection that carried a large response is closed after it (its TLS record buffer would stay as
+// large as the largest record); the next request resumes the TLS session, which costs no certificate
+// or signature check. The session can be saved and restored (Session, SetSession) so that a restarted
+// verifier resumes too.
+type AgentTransport struct {
+	addr string      // host:port
+	base *tls.Config // shared by every agent: client certificate, versions, curves; nil for plain HTTP
+	pem  string      // the pinned certificate (PEM), parsed per handshake
+	name string      // the name the pinned certificate is verified against
+	keep bool        // keep a connection alive between requests
+
+	mu     sync.Mutex
+	idle   net.Conn
+	idleAt time.Time
+
+	session atomic.Pointer[tls.ClientSessionState]
+	// sessionGen counts new sessions (tickets) since the transport was made, so a caller saving them
+	// knows when there is one to save.
+	sessionGen atomic.Uint32
+}
+
+const (
+	// maxKeptResponse is the largest response body after which the connection is kept.
+	maxKeptResponse = 16 << 10
+	// maxIdle is how long an idle connection is reused; agents close idle connections too (the Rust
+	// agent after a few seconds), and a reused connection the agent closed costs a retry.
+	maxIdle = 60 * time.Second
+	// dialTimeout bounds connecting and the handshake when the request has no earlier deadline.
+	dialTimeout = 10 * time.Second
+)
+
+// AgentClientBase returns the TLS configuration shared by the AgentTransports of a verifier: TLS 1.2 or
+// newer, cert as the client certificate, and X25519 or P-256 key exchange (a post-quantum hybrid key
+// share per connection would cost more than the quote it carries; quotes are signed, not secret, and V
+// travels wrapped for the agent's NK).
+func AgentClientBase(cert *tls.Certificate) *tls.Config {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}}
+	if cert != nil {
+		c.Certificates = []tls.Certificate{*cert}
+	}
+	return c
+}
+
+// NewAgentTransport returns a transport to the agent at addr (host:port). With base nil it speaks plain
+// HTTP; otherwise HTTPS with base's client certificate, accepting exactly the certificate pinnedPEM
+// (the agent's self-signed certificate as registered). keepAlive false closes every connection after
+// its request (resuming the TLS session on the next).
+func NewAgentTransport(addr string, base *tls.Config, pinnedPEM string, keepAlive bool) (*AgentTransport, error) {
+	t := &AgentTransport{addr: addr, base: base, keep: keepAlive}
+	if base == nil {
+		return t, nil
+	}
+	cert, err := ParseCertPEM(pinnedPEM)
+	if err != nil {
+		return nil, fmt.Errorf("pinned certificate: %w", err)
+	}
+	t.name = pinnedServerName(cert)
+	if t.name == "" {
+		return nil, errors.New("pinned certificate has no subjectAltName to verify against")
+	}
+	t.pem = pinnedPEM
+	return t, nil
+}
+
+// Scheme is "https" or "http".
+func (t *AgentTransport) Scheme() string {
+	if t.base == nil {
+		return "http"
+	}
+	return "https"
+}
+
+// Client returns an http.Client using t; deadlines come from the requests' contexts.
+func (t *AgentTransport) Client() *http.Client { return &http.Client{Transport: t} }
+
+// CloseIdle closes the idle connection, if any.
+func (t *AgentTransport) CloseIdle() {
+	t.mu.Lock()
+	c := t.idle
+	t.idle = nil
+	t.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+}
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 2<<10) }}
+)
+
+// RoundTrip sends req on the idle connection or a new one. A request that fails on a reused connection
+// before any answer came (the agent closed it while idle) is sent again once on a new connection, if it
+// is a GET or nothing of it was written.
+func (t *AgentTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	conn, reused := t.take()
+	for {
+		if conn == nil {
+			var err error
+			if conn, err = t.dial(req.Context()); err != nil {
+				closeBody(req)
+				return nil, err
+			}
+		}
+		resp, retry, err := t.exchange(conn, req, reused)
+		if err == nil {
+			return resp, nil
+		}
+		_ = conn.Close()
+		if !retry || !reused {
+			closeBody(req)
+			return nil, err
+		}
+		if req.GetBody != nil && req.Body != nil {
+			if req.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+		conn, reused = nil, false
+	}
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+// take returns the idle connection if it is fresh enough.
+func (t *AgentTransport) take() (net.Conn, bool) {
+	t.mu.Lock()
+	c, at := t.idle, t.idleAt
+	t.idle = nil
+	t.mu.Unlock()
+	if c == nil {
+		return nil, false
+	}
+	if time.Since(at) > maxIdle {
+		_ = c.Close()
+		return nil, false
+	}
+	return c, true
+}
+
+// put makes c the idle connection (closing any other).
+func (t *AgentTransport) put(c net.Conn) {
+	_ = c.SetDeadline(time.Time{})
+	t.mu.Lock()
+	old := t.idle
+	t.idle, t.idleAt = c, time.Now()
+	t.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+}
+
+// exchange writes req on conn and reads the response head. retry reports a failure that a new
+// connection may cure (nothing was answered; for requests other than GET, nothing was written).
+func (t *AgentTransport) exchange(conn net.Conn, req *http.Request, reused bool) (resp *http.Response, retry bool, err error) {
+	ctx := req.Context()
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	} else {
+		_ = conn.SetDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	fail := func(e error, r bool) (*http.Response, bool, error) {
+		stop()
+		if ctx.Err() != nil {
+			e = ctx.Err()
+			r = false
+		}
+		return nil, r, fmt.Errorf("%s %s: %w", req.Method, t.addr, e)
+	}
+
+	cw := &countWriter{w: conn}
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(cw)
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writerPool.Put(bw)
+	if err != nil {
+		return fail(err, cw.n == 0 || req.Method == http.MethodGet)
+	}
+
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(conn)
+	resp, err = http.ReadResponse(br, req)
+	if err != nil {
+		nothing := br.Buffered() == 0
+		br.Reset(nil)
+		readerPool.Put(br)
+		return fail(err, reused && nothing && req.Method == http.MethodGet)
+	}
+	resp.Body = &agentBody{t: t, rc: resp.Body, conn: conn, br: br, stop: stop,
+		keep: t.keep && !resp.Close && !req.Close}
+	return resp, false, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += n
+	return n, err
+}
+
+// agentBody hands the connection back when the body was read to its end, or closes it.
+type agentBody struct {
+	t    *AgentTransport
+	rc   io.ReadCloser
+	conn net.Conn
+	br   *bufio.Reader
+	stop func() bool
+	n    int
+	eof  bool
+	keep bool
+	done bool
+}
+
+func (b *agentBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	n, err := b.rc.Read(p)
+	b.n += n
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *agentBody) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	b.stop()
+	// The connection is reused only when the response ended cleanly with nothing after it.
+	reuse := b.keep && b.eof && b.br.Buffered() == 0 && b.n <= maxKeptResponse
+	b.br.Reset(nil)
+	readerPool.Put(b.br)
+	if reuse {
+		b.t.put(b.conn)
+	} else {
+		_ = b.conn.Close()
+	}
+	return nil
+}
+
+// dial connects to the agent and, for HTTPS, completes a handshake that accepts only the pinned
+// certificate, resuming the TLS session when there is one.
+func (t *AgentTransport) dial(ctx context.Context) (net.Conn, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, dialTimeout)
+		defer cancel()
+	}
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, err
+	}
+	if t.base == nil {
+		return raw, nil
+	}
+	pinned, err := ParseCertPEM(t.pem)
+	if err != nil {
+		_ = raw.Close()
+		return nil, fmt.Errorf("pinned certificate: %w", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(pinned)
+	conf := t.base.Clone()
+	conf.RootCAs = roots
+	conf.ServerName = t.name
+	conf.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, pinned.Raw) {
+			return ErrPinMismatch
+		}
+		return nil
+	}
+	conf.ClientSessionCache = (*agentSessionCache)(t)
+	tc := tls.Client(raw, conf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, err
+	}
+	// Only the handshake needs the pinned certificate; the connection keeps its configuration.
+	conf.RootCAs, conf.VerifyConnection = nil, nil
+	return tc, nil
+}
+
+// agentSessionCache is the transport as the one-entry TLS session cache of its agent (the cache key,
+// the server name, may be shared by many agents).
+type agentSessionCache AgentTransport
+
+func (c *agentSessionCache) Get(string) (*tls.ClientSessionState, bool) {
+	s := c.session.Load()
+	return s, s != nil
+}
+
+func (c *agentSessionCache) Put(_ string, cs *tls.ClientSessionState) {
+	c.session.Store(cs)
+	c.sessionGen.Add(1)
+}
+
+// SessionGen counts the TLS sessions the agent gave this transport (each new one is worth saving).
+func (t *AgentTransport) SessionGen() uint32 { return t.sessionGen.Load() }
+
+// Session returns the current TLS session in a form SetSession takes back (nil when there is none).
+// It holds the session's secret: store it like the verifier's private key.
+func (t *AgentTransport) Session() []byte {
+	cs := t.session.Load()
+	if cs == nil {
+		return nil
+	}
+	ticket, state, err := cs.ResumptionState()
+	if err != nil || state == nil {
+		return nil
+	}
+	sb, err := state.Bytes()
+	if err != nil {
+		return nil
+	}
+	out := binary.AppendUvarint(make([]byte, 0, 4+len(ticket)+len(sb)), uint64(len(ticket)))
+	out = append(out, ticket...)
+	return append(out, sb...)
+}
+
+// SetSession restores a session saved by Session, to be resumed by the next connection.
+func (t *AgentTransport) SetSession(b []byte) error {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return errors.New("saved TLS session: bad length")
+	}
+	ticket := b[k : k+int(n)]
+	state, err := tls.ParseSessionState(b[k+int(n):])
+	if err != nil {
+		return fmt.Errorf("saved TLS session: %w", err)
+	}
+	cs, err := tls.NewResumptionState(bytes.Clone(ticket), state)
+	if err != nil {
+		return fmt.Errorf("saved TLS session: %w", err)
+	}
+	t.session.Store(cs)
+	return nil
+}

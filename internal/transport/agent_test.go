@@ -1,0 +1,263 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/pem"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// agentServer is an HTTPS agent stand-in that counts connections and resumed handshakes.
+type agentServer struct {
+	addr    string
+	conns   atomic.Int32
+	resumed atomic.Int32
+	// closeIdle makes the server close every connection as soon as it goes idle, without telling.
+	closeIdle atomic.Bool
+}
+
+func startAgentServer(t *testing.T, conf *tls.Config, h http.HandlerFunc) *agentServer {
+	t.Helper()
+	s := &agentServer{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = ln.Addr().String()
+	wrapped := func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && r.TLS.DidResume {
+			s.resumed.Add(1)
+		}
+		h(w, r)
+	}
+	srv := NewServer(http.HandlerFunc(wrapped), conf, zerolog.Nop())
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			s.conns.Add(1)
+		case http.StateIdle:
+			if s.closeIdle.Load() {
+				_ = c.Close()
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, srv, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return s
+}
+
+func certPEM(der []byte) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+func do(t *testing.T, tr *AgentTransport, method, path, body string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, tr.Scheme()+"://"+tr.addr+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := tr.Client().Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func TestAgentTransport(t *testing.T) {
+	dir := newCA(t)
+	agentPair, agentCert := selfSigned(t, "agent-1")
+	impostorPair, _ := selfSigned(t, "agent-1")
+	client := pair(t, dir, "client")
+	base := AgentClientBase(&client)
+	big := strings.Repeat("x", 100<<10)
+	handler := func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/big":
+			_, _ = io.WriteString(w, big)
+		case "/echo":
+			b, _ := io.ReadAll(r.Body)
+			_, _ = w.Write(b)
+		case "/slow":
+			time.Sleep(time.Second)
+		default:
+			_, _ = io.WriteString(w, "ok")
+		}
+	}
+	serverConf := ServerConfig(agentPair, pool(t, dir), RequireClientCert)
+	pinned := certPEM(agentCert.Raw)
+
+	t.Run("one connection for many requests", func(t *testing.T) {
+		s := startAgentServer(t, serverConf, handler)
+		tr, err := NewAgentTransport(s.addr, base, pinned, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 5; i++ {
+			if got, err := do(t, tr, http.MethodGet, "/", ""); err != nil || got != "ok" {
+				t.Fatalf("request %d: %q, %v", i, got, err)
+			}
+		}
+		if got, err := do(t, tr, http.MethodPost, "/echo", "payload"); err != nil || got != "payload" {
+			t.Fatalf("POST: %q, %v", got, err)
+		}
+		if n := s.conns.Load(); n != 1 {
+			t.Errorf("%d connections for 6 requests, want 1", n)
+		}
+	})
+
+	t.Run("a large response closes the connection; the next resumes", func(t *testing.T) {
+		s := startAgentServer(t, serverConf, handler)
+		tr, _ := NewAgentTransport(s.addr, base, pinned, true)
+		if got, err := do(t, tr, http.MethodGet, "/big", ""); err != nil || len(got) != len(big) {
+			t.Fatalf("big: %d bytes, %v", len(got), err)
+		}
+		if _, err := do(t, tr, http.MethodGet, "/", ""); err != nil {
+			t.Fatal(err)
+		}
+		if n, r := s.conns.Load(), s.resumed.Load(); n != 2 || r != 1 {
+			t.Errorf("connections %d, resumed %d; want 2 and 1", n, r)
+		}
+	})
+
+	t.Run("per request connections resume the session", func(t *testing.T) {
+		s := startAgentServer(t, serverConf, handler)
+		tr, _ := NewAgentTransport(s.addr, base, pinned, false)
+		for i := 0; i < 4; i++ {
+			if _, err := do(t, tr, http.MethodGet, "/", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n, r := s.conns.Load(), s.resumed.Load(); n != 4 || r != 3 {
+			t.Errorf("connections %d, resumed %d; want 4 and 3", n, r)
+		}
+	})
+
+	t.Run("a connection the agent closed while idle is replaced", func(t *testing.T) {
+		s := startAgentServer(t, serverConf, handler)
+		tr, _ := NewAgentTransport(s.addr, base, pinned, true)
+		if _, err := do(t, tr, http.MethodGet, "/", ""); err != nil {
+			t.Fatal(err)
+		}
+		s.closeIdle.Store(true)
+		time.Sleep(100 * time.Millisecond) // the server closes the (already idle) connection on its next state change
+		for i := 0; i < 3; i++ {
+			if got, err := do(t, tr, http.MethodGet, "/", ""); err != nil || got != "ok" {
+				t.Fatalf("request %d after the agent closed the connection: %q, %v", i, got, err)
+			}
+		}
+		// The first request after the switch still found its connection open; the other two were
+		// sent again on new connections.
+		if n := s.conns.Load(); n != 3 {
+			t.Errorf("%d connections, want 3", n)
+		}
+	})
+
+	t.Run("a restored session resumes in a new transport", func(t *testing.T) {
+		s := startAgentServer(t, serverConf, handler)
+		tr, _ := NewAgentTransport(s.addr, base, pinned, true)
+		if _, err := do(t, tr, http.MethodGet, "/", ""); err != nil {
+			t.Fatal(err)
+		}
+		if tr.SessionGen() == 0 {
+			t.Fatal("no session ticket was received")
+		}
+		saved := tr.Session()
+		tr2, _ := NewAgentTransport(s.addr, base, pinned, true)
+		if err := tr2.SetSession(saved); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := do(t, tr2, http.MethodGet, "/", ""); err != nil {
+			t.Fatal(err)
+		}
+		if r := s.resumed.Load(); r != 1 {
+			t.Errorf("resumed %d, want 1", r)
+		}
+		for _, bad := range [][]byte{nil, {0xff}, append([]byte{3}, "abc"...), saved[:len(saved)/2]} {
+			if err := tr2.SetSession(bad); err == nil {
+				t.Errorf("SetSession(%x) accepted", bad)
+			}
+		}
+	})
+
+	t.Run("an impostor is refused", func(t *testing.T) {
+		s := startAgentServer(t, ServerConfig(impostorPair, pool(t, dir), RequireClientCert), handler)
+		tr, _ := NewAgentTransport(s.addr, base, pinned, true)
+		_, err := do(t, tr, http.MethodGet, "/", "")
+		var cve *tls.CertificateVerificationError
+		if err == nil || !(errors.Is(err, ErrPinMismatch) || errors.As(err, &cve)) {
+			t.Fatalf("impostor: %v, want a certificate error", err)
+		}
+	})
+
+	t.Run("the agent refuses a verifier without a client certificate", func(t *testing.T) {
+		s := startAgentServer(t, serverConf, handler)
+		tr, _ := NewAgentTransport(s.addr, AgentClientBase(nil), pinned, true)
+		if _, err := do(t, tr, http.MethodGet, "/", ""); err == nil {
+			t.Fatal("request without a client certificate succeeded")
+		}
+	})
+
+	t.Run("the context's deadline ends a request", func(t *testing.T) {
+		s := startAgentServer(t, serverConf, handler)
+		tr, _ := NewAgentTransport(s.addr, base, pinned, true)
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+s.addr+"/slow", nil)
+		start := time.Now()
+		_, err := tr.Client().Do(req)
+		if err == nil || time.Since(start) > time.Second {
+			t.Fatalf("err %v after %v, want a timeout within 1 s", err, time.Since(start))
+		}
+		if got, err := do(t, tr, http.MethodGet, "/", ""); err != nil || got != "ok" {
+			t.Fatalf("request after a timeout: %q, %v", got, err)
+		}
+	})
+
+	t.Run("plain HTTP", func(t *testing.T) {
+		s := startAgentServer(t, nil, handler)
+		tr, _ := NewAgentTransport(s.addr, nil, "", true)
+		var wg sync.WaitGroup
+		for i := 0; i < 4; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if got, err := do(t, tr, http.MethodGet, "/", ""); err != nil || got != "ok" {
+					t.Errorf("%q, %v", got, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if got, err := do(t, tr, http.MethodGet, "/", ""); err != nil || got != "ok" {
+			t.Fatalf("%q, %v", got, err)
+		}
+	})
+
+	t.Run("a certificate without a name to verify is refused", func(t *testing.T) {
+		if _, err := NewAgentTransport("127.0.0.1:1", base, "not pem", true); err == nil {
+			t.Error("accepted a transport without a pinned certificate")
+		}
+	})
+}
