@@ -294,7 +294,9 @@ func (v *Verifier) attestOnce(ctx context.Context, st *agentState, needPubkey bo
 		}
 		st.rec.NKPEM = res.nkPEM
 	}
-	changed := st.rec.State != api.StateGetQuote
+	// Written at once only if the disk says otherwise: a restarted verifier's agents go from Start back
+	// to the Get Quote already on disk, which needs no write per agent.
+	changed := st.storedState != api.StateGetQuote
 	st.rec.State = api.StateGetQuote
 	st.mu.Unlock()
 	v.persist(st, changed)
@@ -364,7 +366,7 @@ func (v *Verifier) persist(st *agentState, immediate bool) {
 		st.dirty.Store(true)
 		return
 	}
-	v.writeRecords([]*agentState{st})
+	v.writeRecords([]*agentState{st}, true)
 }
 
 // flushInterval is how often the flusher writes the dirty agents.
@@ -415,15 +417,17 @@ func (v *Verifier) flush(all bool) {
 	clear(sts)
 	v.flushBuf = sts
 	if len(batch) > 0 {
-		v.writeRecords(batch)
+		v.writeRecords(batch, false)
 	}
 	clear(batch)
 	v.flushBatch = batch
 }
 
 // writeRecords writes the records of sts in one transaction, with the TLS sessions that changed since
-// they were last saved; a deleted agent is never written back.
-func (v *Verifier) writeRecords(sts []*agentState) {
+// they were last saved; a deleted agent is never written back. With coalesce, the transaction is
+// shared with other goroutines' writes (bbolt's Batch): when thousands of agents change state at once
+// (a restart, a network outage) they share a few disk syncs instead of taking turns for one each.
+func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 	type item struct {
 		id      string
 		raw     []byte
@@ -438,6 +442,7 @@ func (v *Verifier) writeRecords(sts []*agentState) {
 		}
 		raw, err := encodeRecord(&st.rec)
 		id := st.rec.AgentID
+		st.storedState = st.rec.State
 		st.lastWrite.Store(time.Now().UnixNano())
 		var session []byte
 		if gen := st.tr.SessionGen(); gen != st.savedSession {
@@ -453,7 +458,11 @@ func (v *Verifier) writeRecords(sts []*agentState) {
 	if len(items) == 0 {
 		return
 	}
-	err := v.db.Update(func(tx *store.Tx) error {
+	write := v.db.Update
+	if coalesce {
+		write = v.db.Batch
+	}
+	err := write(func(tx *store.Tx) error {
 		for _, it := range items {
 			// A concurrent delete wins: never resurrect a deleted agent.
 			if ok, err := tx.Has(bucketAgents, []byte(it.id)); err != nil || !ok {

@@ -43,6 +43,8 @@ type agentState struct {
 	mbPassed [32]byte
 	mbLog    *mb.Log
 	mbAggs   [][]byte
+	// storedState is the operational state in the record last written (or loaded).
+	storedState int
 	// dirty marks routine updates not written yet; lastWrite is when the record was last written
 	// (UnixNano; routine updates are written at most every routineWriteEvery).
 	dirty     atomic.Bool
@@ -74,11 +76,12 @@ func (v *Verifier) newState(rec *record) (*agentState, error) {
 		return nil, err
 	}
 	return &agentState{
-		rec:    *rec,
-		ak:     ak,
-		policy: pol,
-		tr:     tr,
-		client: client.NewAgent(tr.Client(), tr.Scheme()+"://"+net.JoinHostPort(rec.IP, strconv.Itoa(rec.Port)), rec.SupportedVersion),
+		rec:         *rec,
+		storedState: rec.State,
+		ak:          ak,
+		policy:      pol,
+		tr:          tr,
+		client:      client.NewAgent(tr.Client(), tr.Scheme()+"://"+net.JoinHostPort(rec.IP, strconv.Itoa(rec.Port)), rec.SupportedVersion),
 	}, nil
 }
 

@@ -40,6 +40,9 @@ type AgentTransport struct {
 	idleAt time.Time
 
 	session atomic.Pointer[tls.ClientSessionState]
+	// saved is a session given to SetSession, parsed when a connection first needs it (so a verifier
+	// loading thousands of agents does not parse their sessions' certificates before it serves).
+	saved atomic.Pointer[[]byte]
 	// sessionGen counts new sessions (tickets) since the transport was made, so a caller saving them
 	// knows when there is one to save.
 	sessionGen atomic.Uint32
@@ -328,6 +331,11 @@ func (t *AgentTransport) dial(ctx context.Context) (net.Conn, error) {
 type agentSessionCache AgentTransport
 
 func (c *agentSessionCache) Get(string) (*tls.ClientSessionState, bool) {
+	if b := c.saved.Swap(nil); b != nil && c.session.Load() == nil {
+		if cs, err := parseSession(*b); err == nil {
+			c.session.CompareAndSwap(nil, cs)
+		}
+	}
 	s := c.session.Load()
 	return s, s != nil
 }
@@ -360,21 +368,32 @@ func (t *AgentTransport) Session() []byte {
 	return append(out, sb...)
 }
 
-// SetSession restores a session saved by Session, to be resumed by the next connection.
+// SetSession restores a session saved by Session, to be resumed by the next connection. It checks
+// the framing only; a session that does not parse when first needed is dropped (the connection then
+// makes a full handshake).
 func (t *AgentTransport) SetSession(b []byte) error {
 	n, k := binary.Uvarint(b)
-	if k <= 0 || n > uint64(len(b)-k) {
+	if k <= 0 || n > uint64(len(b)-k) || uint64(len(b)-k) == n {
 		return errors.New("saved TLS session: bad length")
+	}
+	b = bytes.Clone(b)
+	t.saved.Store(&b)
+	return nil
+}
+
+func parseSession(b []byte) (*tls.ClientSessionState, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return nil, errors.New("saved TLS session: bad length")
 	}
 	ticket := b[k : k+int(n)]
 	state, err := tls.ParseSessionState(b[k+int(n):])
 	if err != nil {
-		return fmt.Errorf("saved TLS session: %w", err)
+		return nil, fmt.Errorf("saved TLS session: %w", err)
 	}
-	cs, err := tls.NewResumptionState(bytes.Clone(ticket), state)
+	cs, err := tls.NewResumptionState(ticket, state)
 	if err != nil {
-		return fmt.Errorf("saved TLS session: %w", err)
+		return nil, fmt.Errorf("saved TLS session: %w", err)
 	}
-	t.session.Store(cs)
-	return nil
+	return cs, nil
 }

@@ -195,10 +195,21 @@ func TestAgentTransport(t *testing.T) {
 		if r := s.resumed.Load(); r != 1 {
 			t.Errorf("resumed %d, want 1", r)
 		}
-		for _, bad := range [][]byte{nil, {0xff}, append([]byte{3}, "abc"...), saved[:len(saved)/2]} {
+		for _, bad := range [][]byte{nil, {0xff}, append([]byte{3}, "abc"...), {200, 1}} {
 			if err := tr2.SetSession(bad); err == nil {
 				t.Errorf("SetSession(%x) accepted", bad)
 			}
+		}
+		// A session whose state does not parse is dropped: the connection makes a full handshake.
+		tr3, _ := NewAgentTransport(s.addr, base, pinned, true)
+		if err := tr3.SetSession(saved[:len(saved)-8]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := do(t, tr3, http.MethodGet, "/", ""); err != nil {
+			t.Fatalf("request after a corrupt saved session: %v", err)
+		}
+		if r, n := s.resumed.Load(), s.conns.Load(); r != 1 || n != 3 {
+			t.Errorf("resumed %d of %d connections, want 1 of 3", r, n)
 		}
 	})
 
@@ -259,5 +270,20 @@ func TestAgentTransport(t *testing.T) {
 		if _, err := NewAgentTransport("127.0.0.1:1", base, "not pem", true); err == nil {
 			t.Error("accepted a transport without a pinned certificate")
 		}
+	})
+}
+
+// FuzzSetSession feeds saved sessions (read back from verifier.db) to the transport: bad ones are
+// refused or dropped, never a panic.
+func FuzzSetSession(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte{3, 'a', 'b', 'c', 1, 2, 3})
+	f.Add(append([]byte{4, 1, 2, 3, 4}, make([]byte, 64)...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tr := &AgentTransport{}
+		if err := tr.SetSession(b); err != nil {
+			return
+		}
+		_, _ = (*agentSessionCache)(tr).Get("")
 	})
 }
