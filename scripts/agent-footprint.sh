@@ -22,7 +22,8 @@
 #   --json       one JSON document on stdout instead of the table
 #   --keep       keep the work directory (logs, smaps of every measurement)
 # Environment: BUILD_FLAGS extra `go build` flags (e.g. '-ldflags=-s -w'); AGENT_ENV extra environment
-#   for the agent only (e.g. 'GODEBUG=inittrace=1' — the trace lands in agent-N.log).
+#   for the agent only (e.g. 'GODEBUG=inittrace=1' — the trace lands in agent-N.log); MEASURE_HOOK a command
+#   run as `$MEASURE_HOOK PID LABEL DIR` at each measurement (e.g. to read /proc/PID/pagemap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -123,13 +124,15 @@ measure() {
 	cat "/proc/$pid/smaps_rollup" >"$DIR/$label.smaps_rollup"
 	cat "/proc/$pid/status" >"$DIR/$label.status"
 	cat "/proc/$pid/smaps" >"$DIR/$label.smaps"
+	# shellcheck disable=SC2086 # MEASURE_HOOK is a command line
+	[ -z "${MEASURE_HOOK:-}" ] || $MEASURE_HOOK "$pid" "$label" "$DIR" >&2
 	echo "$label $(kb Rss "$DIR/$label.smaps_rollup") $(kb RssAnon "$DIR/$label.status") $(kb RssFile "$DIR/$label.status") $(kb Pss "$DIR/$label.smaps_rollup") $(kb VmHWM "$DIR/$label.status")"
 }
 
 ROWS=()
 VERIFIER_UP=""
 for run in $(seq "$RUNS"); do
-	dd if="$DIR/keylime-agent" iflag=nocache count=0 status=none 2>/dev/null || true
+	sync "$DIR/keylime-agent" && dd if="$DIR/keylime-agent" iflag=nocache count=0 status=none 2>/dev/null || true
 	log=$DIR/agent-$run.log
 	# shellcheck disable=SC2086 # AGENT_ENV is a list of VAR=value words
 	env ${AGENT_ENV:-} "$DIR/keylime-agent" agent >"$log" 2>&1 & apid=$!

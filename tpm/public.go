@@ -126,14 +126,15 @@ func ParsePublic(tpm2b []byte) (*Public, error) {
 			return nil, fmt.Errorf("%w: ECC point: %w", ErrBadPublic, err)
 		}
 	}
-	name, err := tpm2.ObjectName(pub)
-	if err != nil {
-		return nil, fmt.Errorf("%w: name: %w", ErrBadPublic, err)
-	}
+	// inner re-marshals to itself (unmarshalPublic checked), so the Name is computed over it directly.
+	h, _ := nameHash(pub.NameAlg)
+	hh := h.New()
+	hh.Write(inner)
+	name := binary.BigEndian.AppendUint16(make([]byte, 0, 2+h.Size()), uint16(pub.NameAlg))
 	return &Public{
 		Bytes:  bytes.Clone(tpm2b),
 		Public: *pub,
-		Name:   bytes.Clone(name.Buffer),
+		Name:   hh.Sum(name),
 		Key:    key,
 	}, nil
 }
