@@ -251,7 +251,7 @@ func (p *Parser) decodeHex(tok []byte) ([]byte, bool) {
 	out := p.arena[start:]
 	tok = tok[:2*len(out)]
 	for i := range out {
-		hi, lo := hexValue[tok[2*i]], hexValue[tok[2*i+1]]
+		hi, lo := hexValue[tok[2*i]]-1, hexValue[tok[2*i+1]]-1
 		if hi|lo > 0x0f {
 			return nil, false
 		}
@@ -260,19 +260,13 @@ func (p *Parser) decodeHex(tok []byte) ([]byte, bool) {
 	return out, true
 }
 
-// hexValue maps a hex digit (either case) to its value, anything else to 0xff.
-var hexValue = func() (t [256]byte) {
-	for i := range t {
-		t[i] = 0xff
-	}
-	for i := byte(0); i < 10; i++ {
-		t['0'+i] = i
-	}
-	for i := byte(0); i < 6; i++ {
-		t['a'+i], t['A'+i] = 10+i, 10+i
-	}
-	return t
-}()
+// hexValue maps a hex digit (either case) to its value plus one, anything else to 0, so that
+// hexValue[c]-1 is the digit's value or 0xff. A keyed array literal is static data: no init code.
+var hexValue = [256]byte{
+	'0': 1, '1': 2, '2': 3, '3': 4, '4': 5, '5': 6, '6': 7, '7': 8, '8': 9, '9': 10,
+	'a': 11, 'b': 12, 'c': 13, 'd': 14, 'e': 15, 'f': 16,
+	'A': 11, 'B': 12, 'C': 13, 'D': 14, 'E': 15, 'F': 16,
+}
 
 func parsePCR(b []byte) (int, bool) {
 	if len(b) == 0 || len(b) > 9 {

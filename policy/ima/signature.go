@@ -39,9 +39,18 @@ type SignatureHeader struct {
 	Size     uint16
 }
 
-// kernelHashNames maps the kernel's hash_algo ids to d-ng algorithm names (what Keylime supports).
-var kernelHashNames = map[uint8]string{
+// kernelHashNames maps the kernel's hash_algo ids to d-ng algorithm names (what Keylime supports). An
+// array, not a map: it is static data, so the package has no init code to run in every keylime process.
+var kernelHashNames = [...]string{
 	1: "md5", 2: "sha1", 4: "sha256", 5: "sha384", 6: "sha512", 7: "sha224", 18: "streebog256", 19: "streebog512",
+}
+
+// kernelHashName returns the algorithm name of a kernel hash_algo id.
+func kernelHashName(id uint8) (string, bool) {
+	if int(id) >= len(kernelHashNames) || kernelHashNames[id] == "" {
+		return "", false
+	}
+	return kernelHashNames[id], true
 }
 
 // ParseSignature splits an ima-sig signature field into its header and signature bytes, checking
@@ -77,7 +86,7 @@ func VerifySignature(sig []byte, digestAlg string, digest []byte, rings ...*Keyr
 	if err != nil {
 		return err
 	}
-	name, ok := kernelHashNames[h.HashAlgo]
+	name, ok := kernelHashName(h.HashAlgo)
 	if !ok {
 		return fmt.Errorf("%w: unknown hash_algo %d", ErrSignatureHash, h.HashAlgo)
 	}
@@ -125,8 +134,8 @@ func verifyDigest(pub crypto.PublicKey, hash crypto.Hash, digest, sig []byte) bo
 func SignatureV2(hashAlgo string, keyID uint32, sig []byte) ([]byte, error) {
 	var id uint8
 	for k, v := range kernelHashNames {
-		if v == hashAlgo {
-			id = k
+		if v != "" && v == hashAlgo {
+			id = uint8(k)
 		}
 	}
 	if id == 0 || len(sig) > 0xffff {

@@ -45,9 +45,24 @@ var builtinTemplates = []template{
 	{name: "ima-modsig", fields: []fieldKind{fieldDNG, fieldNNG, fieldSig, fieldDModSig, fieldModSig}},
 }
 
-var fieldIDs = map[string]fieldKind{
-	"d": fieldD, "n": fieldN, "d-ng": fieldDNG, "d-ngv2": fieldDNGv2, "n-ng": fieldNNG,
-	"sig": fieldSig, "buf": fieldBuf, "d-modsig": fieldDModSig, "modsig": fieldModSig,
+// fieldIDs are the template field names this package can rebuild. A slice, not a map: it is static
+// data, so the package has no init code to run in every keylime process.
+var fieldIDs = []struct {
+	name string
+	kind fieldKind
+}{
+	{"d", fieldD}, {"n", fieldN}, {"d-ng", fieldDNG}, {"d-ngv2", fieldDNGv2}, {"n-ng", fieldNNG},
+	{"sig", fieldSig}, {"buf", fieldBuf}, {"d-modsig", fieldDModSig}, {"modsig", fieldModSig},
+}
+
+// fieldID returns the kind of the template field named f.
+func fieldID(f []byte) (fieldKind, bool) {
+	for _, id := range fieldIDs {
+		if id.name == string(f) {
+			return id.kind, true
+		}
+	}
+	return 0, false
 }
 
 // lookupTemplate returns the template a log line names: a built-in name, or a custom format
@@ -64,7 +79,7 @@ func lookupTemplate(name []byte) (*template, bool) {
 	}
 	t := &template{name: string(name)}
 	for _, f := range bytes.Split(name, []byte("|")) {
-		k, ok := fieldIDs[string(f)]
+		k, ok := fieldID(f)
 		if !ok || len(t.fields) == maxFields {
 			return nil, false
 		}

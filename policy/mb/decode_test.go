@@ -233,3 +233,28 @@ func TestEventTypeNames(t *testing.T) {
 		t.Error("names")
 	}
 }
+
+func TestWellKnownGUIDs(t *testing.T) {
+	tests := []struct {
+		name string
+		got  GUID
+		text string
+	}{
+		{"EFI_GLOBAL_VARIABLE", GUIDGlobalVariable, "8be4df61-93ca-11d2-aa0d-00e098032b8c"},
+		{"EFI_IMAGE_SECURITY_DATABASE_GUID", GUIDImageSecurityDatabase, "d719b2cb-3d3a-4596-a3bc-dad00e67656f"},
+		{"shim lock", GUIDShimLock, "605dab50-e046-4300-abb6-3dd810dd8b23"},
+		{"EFI_CERT_X509_GUID", GUIDCertX509, "a5c059a1-94e4-4aa7-87b5-ab155c2bf072"},
+		{"EFI_CERT_SHA256_GUID", GUIDCertSHA256, "c1c41626-504c-4092-aca9-41f936934328"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want, err := ParseGUID(tt.text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.got != want || tt.got.String() != tt.text {
+				t.Errorf("literal %x (%s), ParseGUID(%s) = %x", tt.got[:], tt.got, tt.text, want[:])
+			}
+		})
+	}
+}

@@ -161,8 +161,21 @@ func hexValue(field string, raw json.RawMessage) (string, error) {
 	return h, nil
 }
 
-// digestSizes are the digest lengths of the bank names a reference state may use.
-var digestSizes = map[string]int{"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+// digestSize returns the digest length of a bank name a reference state may use. A switch, not a map
+// literal, so that the package has no init code to run in every keylime process.
+func digestSize(alg string) (int, bool) {
+	switch alg {
+	case "sha1":
+		return 20, true
+	case "sha256":
+		return 32, true
+	case "sha384":
+		return 48, true
+	case "sha512":
+		return 64, true
+	}
+	return 0, false
+}
 
 func digestsValue(field string, raw json.RawMessage) (Digests, error) {
 	var m map[string]json.RawMessage
@@ -174,7 +187,7 @@ func digestsValue(field string, raw json.RawMessage) (Digests, error) {
 	}
 	out := Digests{}
 	for alg, v := range m {
-		size, ok := digestSizes[alg]
+		size, ok := digestSize(alg)
 		if !ok {
 			return nil, fmt.Errorf("%w: %s: unknown digest algorithm %q (want sha1, sha256, sha384 or sha512)", ErrBadRefState, field, alg)
 		}

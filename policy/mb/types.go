@@ -57,36 +57,71 @@ const (
 	EvEFISPDMFirmwareConfig   EventType = 0x800000e2
 )
 
-var eventTypeNames = map[EventType]string{
-	EvPrebootCert: "EV_PREBOOT_CERT", EvPostCode: "EV_POST_CODE", EvUnused: "EV_UNUSED",
-	EvNoAction: "EV_NO_ACTION", EvSeparator: "EV_SEPARATOR", EvAction: "EV_ACTION",
-	EvEventTag: "EV_EVENT_TAG", EvSCRTMContents: "EV_S_CRTM_CONTENTS", EvSCRTMVersion: "EV_S_CRTM_VERSION",
-	EvCPUMicrocode: "EV_CPU_MICROCODE", EvPlatformConfigFlags: "EV_PLATFORM_CONFIG_FLAGS",
-	EvTableOfDevices: "EV_TABLE_OF_DEVICES", EvCompactHash: "EV_COMPACT_HASH", EvIPL: "EV_IPL",
-	EvIPLPartitionData: "EV_IPL_PARTITION_DATA", EvNonhostCode: "EV_NONHOST_CODE",
-	EvNonhostConfig: "EV_NONHOST_CONFIG", EvNonhostInfo: "EV_NONHOST_INFO",
-	EvOmitBootDeviceEvents: "EV_OMIT_BOOT_DEVICE_EVENTS", EvEFIEventBase: "EV_EFI_EVENT_BASE",
-	EvEFIVariableDriverConfig: "EV_EFI_VARIABLE_DRIVER_CONFIG", EvEFIVariableBoot: "EV_EFI_VARIABLE_BOOT",
-	EvEFIBootServicesApp: "EV_EFI_BOOT_SERVICES_APPLICATION", EvEFIBootServicesDriver: "EV_EFI_BOOT_SERVICES_DRIVER",
-	EvEFIRuntimeServicesDrv: "EV_EFI_RUNTIME_SERVICES_DRIVER", EvEFIGPTEvent: "EV_EFI_GPT_EVENT",
-	EvEFIAction: "EV_EFI_ACTION", EvEFIPlatformFirmwareBlob: "EV_EFI_PLATFORM_FIRMWARE_BLOB",
-	EvEFIHandoffTables: "EV_EFI_HANDOFF_TABLES", EvEFIPlatformFirmwareBlb2: "EV_EFI_PLATFORM_FIRMWARE_BLOB2",
-	EvEFIHandoffTables2: "EV_EFI_HANDOFF_TABLES2", EvEFIVariableBoot2: "EV_EFI_VARIABLE_BOOT2",
-	EvEFIGPTEvent2: "EV_EFI_GPT_EVENT2", EvEFIHCRTMEvent: "EV_EFI_HCRTM_EVENT",
-	EvEFIVariableAuthority: "EV_EFI_VARIABLE_AUTHORITY", EvEFISPDMFirmwareBlob: "EV_EFI_SPDM_FIRMWARE_BLOB",
-	EvEFISPDMFirmwareConfig: "EV_EFI_SPDM_FIRMWARE_CONFIG",
+// eventTypeNames are the specification names of the known event types. A slice, not a
+// map literal: static data, so the package has no init code to run in every keylime process.
+var eventTypeNames = []struct {
+	t    EventType
+	name string
+}{
+	{EvPrebootCert, "EV_PREBOOT_CERT"},
+	{EvPostCode, "EV_POST_CODE"},
+	{EvUnused, "EV_UNUSED"},
+	{EvNoAction, "EV_NO_ACTION"},
+	{EvSeparator, "EV_SEPARATOR"},
+	{EvAction, "EV_ACTION"},
+	{EvEventTag, "EV_EVENT_TAG"},
+	{EvSCRTMContents, "EV_S_CRTM_CONTENTS"},
+	{EvSCRTMVersion, "EV_S_CRTM_VERSION"},
+	{EvCPUMicrocode, "EV_CPU_MICROCODE"},
+	{EvPlatformConfigFlags, "EV_PLATFORM_CONFIG_FLAGS"},
+	{EvTableOfDevices, "EV_TABLE_OF_DEVICES"},
+	{EvCompactHash, "EV_COMPACT_HASH"},
+	{EvIPL, "EV_IPL"},
+	{EvIPLPartitionData, "EV_IPL_PARTITION_DATA"},
+	{EvNonhostCode, "EV_NONHOST_CODE"},
+	{EvNonhostConfig, "EV_NONHOST_CONFIG"},
+	{EvNonhostInfo, "EV_NONHOST_INFO"},
+	{EvOmitBootDeviceEvents, "EV_OMIT_BOOT_DEVICE_EVENTS"},
+	{EvEFIEventBase, "EV_EFI_EVENT_BASE"},
+	{EvEFIVariableDriverConfig, "EV_EFI_VARIABLE_DRIVER_CONFIG"},
+	{EvEFIVariableBoot, "EV_EFI_VARIABLE_BOOT"},
+	{EvEFIBootServicesApp, "EV_EFI_BOOT_SERVICES_APPLICATION"},
+	{EvEFIBootServicesDriver, "EV_EFI_BOOT_SERVICES_DRIVER"},
+	{EvEFIRuntimeServicesDrv, "EV_EFI_RUNTIME_SERVICES_DRIVER"},
+	{EvEFIGPTEvent, "EV_EFI_GPT_EVENT"},
+	{EvEFIAction, "EV_EFI_ACTION"},
+	{EvEFIPlatformFirmwareBlob, "EV_EFI_PLATFORM_FIRMWARE_BLOB"},
+	{EvEFIHandoffTables, "EV_EFI_HANDOFF_TABLES"},
+	{EvEFIPlatformFirmwareBlb2, "EV_EFI_PLATFORM_FIRMWARE_BLOB2"},
+	{EvEFIHandoffTables2, "EV_EFI_HANDOFF_TABLES2"},
+	{EvEFIVariableBoot2, "EV_EFI_VARIABLE_BOOT2"},
+	{EvEFIGPTEvent2, "EV_EFI_GPT_EVENT2"},
+	{EvEFIHCRTMEvent, "EV_EFI_HCRTM_EVENT"},
+	{EvEFIVariableAuthority, "EV_EFI_VARIABLE_AUTHORITY"},
+	{EvEFISPDMFirmwareBlob, "EV_EFI_SPDM_FIRMWARE_BLOB"},
+	{EvEFISPDMFirmwareConfig, "EV_EFI_SPDM_FIRMWARE_CONFIG"},
+}
+
+// eventTypeName returns the specification name of t.
+func eventTypeName(t EventType) (string, bool) {
+	for _, e := range eventTypeNames {
+		if e.t == t {
+			return e.name, true
+		}
+	}
+	return "", false
 }
 
 // String returns the specification name (as tpm2_eventlog prints it), or the number in hex.
 func (t EventType) String() string {
-	if s, ok := eventTypeNames[t]; ok {
+	if s, ok := eventTypeName(t); ok {
 		return s
 	}
 	return fmt.Sprintf("EV_UNKNOWN_0x%08x", uint32(t))
 }
 
 // Known reports whether the type is one the TCG specifications define.
-func (t EventType) Known() bool { _, ok := eventTypeNames[t]; return ok }
+func (t EventType) Known() bool { _, ok := eventTypeName(t); return ok }
 
 // banks are the PCR banks the package replays, in the order it reports them.
 var banks = []tpm2.TPMAlgID{tpm2.TPMAlgSHA1, tpm2.TPMAlgSHA256, tpm2.TPMAlgSHA384, tpm2.TPMAlgSHA512}
@@ -190,24 +225,22 @@ func sameGUIDText(a, b string) bool {
 	return g.bytesOrder() == b
 }
 
-func mustGUID(s string) GUID {
-	g, err := ParseGUID(s)
-	if err != nil {
-		panic(err)
-	}
-	return g
-}
-
-// Well-known GUIDs.
+// Well-known GUIDs, in storage byte order: literals rather than ParseGUID calls so that they are static
+// data and the package has no init code to run in every keylime process (TestWellKnownGUIDs checks them).
 var (
 	// GUIDGlobalVariable is EFI_GLOBAL_VARIABLE (SecureBoot, PK, KEK, Boot####, BootOrder).
-	GUIDGlobalVariable = mustGUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
+	// Text form: 8be4df61-93ca-11d2-aa0d-00e098032b8c.
+	GUIDGlobalVariable = GUID{0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c}
 	// GUIDImageSecurityDatabase is EFI_IMAGE_SECURITY_DATABASE_GUID (db, dbx, dbt, vendor_db).
-	GUIDImageSecurityDatabase = mustGUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
+	// Text form: d719b2cb-3d3a-4596-a3bc-dad00e67656f.
+	GUIDImageSecurityDatabase = GUID{0xcb, 0xb2, 0x19, 0xd7, 0x3a, 0x3d, 0x96, 0x45, 0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f}
 	// GUIDShimLock is shim's variable GUID (MokList, SbatLevel, Shim, MokListTrusted).
-	GUIDShimLock = mustGUID("605dab50-e046-4300-abb6-3dd810dd8b23")
+	// Text form: 605dab50-e046-4300-abb6-3dd810dd8b23.
+	GUIDShimLock = GUID{0x50, 0xab, 0x5d, 0x60, 0x46, 0xe0, 0x00, 0x43, 0xab, 0xb6, 0x3d, 0xd8, 0x10, 0xdd, 0x8b, 0x23}
 	// GUIDCertX509 is EFI_CERT_X509_GUID, a signature list of DER certificates.
-	GUIDCertX509 = mustGUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
+	// Text form: a5c059a1-94e4-4aa7-87b5-ab155c2bf072.
+	GUIDCertX509 = GUID{0xa1, 0x59, 0xc0, 0xa5, 0xe4, 0x94, 0xa7, 0x4a, 0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0, 0x72}
 	// GUIDCertSHA256 is EFI_CERT_SHA256_GUID, a signature list of SHA-256 image digests.
-	GUIDCertSHA256 = mustGUID("c1c41626-504c-4092-aca9-41f936934328")
+	// Text form: c1c41626-504c-4092-aca9-41f936934328.
+	GUIDCertSHA256 = GUID{0x26, 0x16, 0xc4, 0xc1, 0x4c, 0x50, 0x92, 0x40, 0xac, 0xa9, 0x41, 0xf9, 0x36, 0x93, 0x43, 0x28}
 )
