@@ -65,6 +65,9 @@ type Config struct {
 	Registrar *client.Registrar
 	// RetryInterval is the first delay after a failed registration attempt; delays double up to RetryMax.
 	RetryInterval, RetryMax time.Duration
+	// OnRegistered, when set, is called once after the agent has registered and activated: start-up is
+	// over (the CLI hands the start-up memory back to the OS there).
+	OnRegistered func()
 	Log                     zerolog.Logger
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time

@@ -240,3 +240,27 @@ func TestRevocationNotification(t *testing.T) {
 	}
 	waitFor(t, "the revocation action", func() bool { b, _ := os.ReadFile(out); return string(b) == msg })
 }
+
+func TestIsAuthTag(t *testing.T) {
+	hex96 := strings.Repeat("0123456789abcdef", 6)
+	tests := []struct {
+		name string
+		in   string
+		want bool
+	}{
+		{"96 lowercase hex", hex96, true},
+		{"uppercase", strings.ToUpper(hex96), false},
+		{"95 characters", hex96[:95], false},
+		{"97 characters", hex96 + "0", false},
+		{"non-hex letter", "g" + hex96[1:], false},
+		{"punctuation after 9", ":" + hex96[1:], false},
+		{"empty", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := isAuthTag(tt.in); got != tt.want {
+				t.Errorf("isAuthTag(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}

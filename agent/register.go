@@ -89,6 +89,9 @@ func (a *Agent) RegisterWithRetry(ctx context.Context) error {
 			a.registered.Store(true)
 			a.log.Info().Dur("took", a.cfg.Now().Sub(start)).Int("attempts", attempt).
 				Msg("registered and activated with the registrar")
+			if a.cfg.OnRegistered != nil {
+				a.cfg.OnRegistered()
+			}
 			return nil
 		}
 		if errors.Is(err, ErrRefused) || ctx.Err() != nil {
