@@ -68,7 +68,7 @@ type Config struct {
 	// OnRegistered, when set, is called once after the agent has registered and activated: start-up is
 	// over (the CLI hands the start-up memory back to the OS there).
 	OnRegistered func()
-	Log                     zerolog.Logger
+	Log          zerolog.Logger
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
