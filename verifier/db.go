@@ -114,22 +114,3 @@ func encodeRecord(r *record) ([]byte, error) {
 	}
 	return raw, nil
 }
-
-// loadSessions gives each agent's transport its saved TLS session, so that a restarted verifier
-// resumes sessions instead of making thousands of full handshakes. A session that does not load is
-// ignored: the agent then gets a full handshake.
-func (v *Verifier) loadSessions() {
-	err := v.db.ForEach(bucketSessions, func(k, val []byte) error {
-		st := v.agents[string(k)]
-		if st == nil {
-			return nil
-		}
-		if err := st.tr.SetSession(val); err != nil {
-			v.log.Debug().Err(err).Str("agent", string(k)).Msg("saved TLS session not used")
-		}
-		return nil
-	})
-	if err != nil {
-		v.log.Warn().Err(err).Msg("cannot load saved TLS sessions")
-	}
-}

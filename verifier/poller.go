@@ -429,9 +429,11 @@ func (v *Verifier) flush(all bool) {
 // (a restart, a network outage) they share a few disk syncs instead of taking turns for one each.
 func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 	type item struct {
+		st      *agentState
 		id      string
 		raw     []byte
 		session []byte
+		gen     uint32
 	}
 	items := make([]item, 0, len(sts))
 	for _, st := range sts {
@@ -445,15 +447,16 @@ func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 		st.storedState = st.rec.State
 		st.lastWrite.Store(time.Now().UnixNano())
 		var session []byte
-		if gen := st.tr.SessionGen(); gen != st.savedSession {
-			session, st.savedSession = st.tr.Session(), gen
+		var gen uint32
+		if st.tr.SessionGen() != st.savedSession {
+			session, gen = st.tr.Session()
 		}
 		st.mu.Unlock()
 		if err != nil {
 			v.log.Error().Err(err).Str("agent", id).Msg("cannot save agent state")
 			continue
 		}
-		items = append(items, item{id, raw, session})
+		items = append(items, item{st, id, raw, session, gen})
 	}
 	if len(items) == 0 {
 		return
@@ -481,6 +484,16 @@ func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 	})
 	if err != nil {
 		v.log.Error().Err(err).Int("agents", len(items)).Msg("cannot save agent state")
+		return
+	}
+	// Saved sessions leave memory; a connection that needs one reads it back.
+	for _, it := range items {
+		if it.session != nil {
+			it.st.mu.Lock()
+			it.st.savedSession = it.gen
+			it.st.mu.Unlock()
+			it.st.tr.DropSession(it.gen)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/client"
@@ -75,14 +76,38 @@ func (v *Verifier) newState(rec *record) (*agentState, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The agent's TLS session lives in verifier.db (written by the flusher), not in memory.
+	key := []byte(rec.AgentID)
+	tr.SetSessionSource(func() []byte {
+		b, err := v.db.Get(bucketSessions, key)
+		if err != nil {
+			return nil
+		}
+		return b
+	})
+	intern(rec)
 	return &agentState{
+		// Only the AK's key is used after this check; the decoded public area is dropped.
+		ak:          &tpm.Public{Key: ak.Key},
 		rec:         *rec,
 		storedState: rec.State,
-		ak:          ak,
 		policy:      pol,
 		tr:          tr,
 		client:      client.NewAgent(tr.Client(), tr.Scheme()+"://"+net.JoinHostPort(rec.IP, strconv.Itoa(rec.Port)), rec.SupportedVersion),
 	}, nil
+}
+
+// intern makes the strings that most agents share (policies, metadata, algorithm names) one copy each
+// instead of one per agent.
+func intern(r *record) {
+	for _, p := range []*string{&r.IP, &r.TPMPolicy, &r.Metadata, &r.SupportedVersion, &r.HashAlg, &r.EncAlg, &r.SignAlg, &r.RuntimePolicyName, &r.MBPolicyName} {
+		*p = unique.Make(*p).Value()
+	}
+	for _, l := range [][]string{r.AcceptHashAlgs, r.AcceptEncryptionAlgs, r.AcceptSigningAlgs} {
+		for i := range l {
+			l[i] = unique.Make(l[i]).Value()
+		}
+	}
 }
 
 // agentTransport builds the connection to the agent, pinning its registered certificate (plain HTTP

@@ -186,7 +186,6 @@ func New(cfg Config) (*Verifier, error) {
 		}
 		v.agents[rec.AgentID] = st
 	}
-	v.loadSessions()
 	return v, nil
 }
 

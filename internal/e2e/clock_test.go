@@ -10,7 +10,6 @@ import (
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/testbed/softagent"
-	"github.com/keylime-go/keylime/verifier"
 )
 
 // addSoftAgent starts a software agent (ECC AK) trusting the system's CA and adds it to the verifier
@@ -69,16 +68,5 @@ func TestClockGoingBackwardsRefused(t *testing.T) {
 	}
 	if st.LastEventID == nil || *st.LastEventID != "qoute_validation.clock_check" || !strings.Contains(st.LastFailure, "clock went backwards") {
 		t.Fatalf("failure = %v %q", st.LastEventID, st.LastFailure)
-	}
-}
-
-// TestPerQuoteConnections: with agent_connections "per-quote" the verifier opens a new pinned TLS
-// connection for every quote (resuming the session) and attests as with kept-alive connections.
-func TestPerQuoteConnections(t *testing.T) {
-	s := NewSystem(t)
-	s.StartVerifier(VerifierOptions{QuoteInterval: 50 * time.Millisecond, AgentConnections: verifier.ConnectPerQuote})
-	sa := addSoftAgent(t, s, softagent.Config{}, nil)
-	if _, err := s.WaitVerifier(sa.UUID(), 10*time.Second, Attested(5)); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -26,7 +26,8 @@ import (
 //
 // A connection that carried a large response is closed after it (its TLS record buffer would stay as
 // large as the largest record); the next request resumes the TLS session, which costs no certificate
-// or signature check. The session can be saved and restored (Session, SetSession) so that a restarted
+// or signature check. Sessions can live on disk instead of in memory (Session, DropSession,
+// SetSessionSource), where a restarted verifier finds them too, so that it resumes as well.
 // verifier resumes too.
 type AgentTransport struct {
 	addr string      // host:port
@@ -40,9 +41,8 @@ type AgentTransport struct {
 	idleAt time.Time
 
 	session atomic.Pointer[tls.ClientSessionState]
-	// saved is a session given to SetSession, parsed when a connection first needs it (so a verifier
-	// loading thousands of agents does not parse their sessions' certificates before it serves).
-	saved atomic.Pointer[[]byte]
+	// source returns the saved session, read when a connection needs one and none is in memory.
+	source func() []byte
 	// sessionGen counts new sessions (tickets) since the transport was made, so a caller saving them
 	// knows when there is one to save.
 	sessionGen atomic.Uint32
@@ -331,13 +331,18 @@ func (t *AgentTransport) dial(ctx context.Context) (net.Conn, error) {
 type agentSessionCache AgentTransport
 
 func (c *agentSessionCache) Get(string) (*tls.ClientSessionState, bool) {
-	if b := c.saved.Swap(nil); b != nil && c.session.Load() == nil {
-		if cs, err := parseSession(*b); err == nil {
-			c.session.CompareAndSwap(nil, cs)
-		}
+	if s := c.session.Load(); s != nil {
+		return s, true
 	}
-	s := c.session.Load()
-	return s, s != nil
+	if c.source == nil {
+		return nil, false
+	}
+	b := c.source()
+	if b == nil {
+		return nil, false
+	}
+	s, err := parseSession(b)
+	return s, err == nil
 }
 
 func (c *agentSessionCache) Put(_ string, cs *tls.ClientSessionState) {
@@ -348,38 +353,39 @@ func (c *agentSessionCache) Put(_ string, cs *tls.ClientSessionState) {
 // SessionGen counts the TLS sessions the agent gave this transport (each new one is worth saving).
 func (t *AgentTransport) SessionGen() uint32 { return t.sessionGen.Load() }
 
-// Session returns the current TLS session in a form SetSession takes back (nil when there is none).
-// It holds the session's secret: store it like the verifier's private key.
-func (t *AgentTransport) Session() []byte {
+// Session returns the TLS session held in memory, in the form the session source gives back, with
+// its SessionGen (nil when there is none). It holds the session's secret: store it like the
+// verifier's private key.
+func (t *AgentTransport) Session() ([]byte, uint32) {
+	gen := t.sessionGen.Load()
 	cs := t.session.Load()
 	if cs == nil {
-		return nil
+		return nil, gen
 	}
 	ticket, state, err := cs.ResumptionState()
 	if err != nil || state == nil {
-		return nil
+		return nil, gen
 	}
 	sb, err := state.Bytes()
 	if err != nil {
-		return nil
+		return nil, gen
 	}
 	out := binary.AppendUvarint(make([]byte, 0, 4+len(ticket)+len(sb)), uint64(len(ticket)))
 	out = append(out, ticket...)
-	return append(out, sb...)
+	return append(out, sb...), gen
 }
 
-// SetSession restores a session saved by Session, to be resumed by the next connection. It checks
-// the framing only; a session that does not parse when first needed is dropped (the connection then
-// makes a full handshake).
-func (t *AgentTransport) SetSession(b []byte) error {
-	n, k := binary.Uvarint(b)
-	if k <= 0 || n > uint64(len(b)-k) || uint64(len(b)-k) == n {
-		return errors.New("saved TLS session: bad length")
+// DropSession forgets the session held in memory once it was saved, unless a newer one (a later
+// SessionGen) arrived since; the next connection that needs it reads it from the session source.
+func (t *AgentTransport) DropSession(gen uint32) {
+	if cs := t.session.Load(); cs != nil && t.sessionGen.Load() == gen {
+		t.session.CompareAndSwap(cs, nil)
 	}
-	b = bytes.Clone(b)
-	t.saved.Store(&b)
-	return nil
 }
+
+// SetSessionSource sets where a saved session comes from when none is in memory (nil: nowhere). The
+// function is called when a connection is made, and returns nil when there is no session.
+func (t *AgentTransport) SetSessionSource(source func() []byte) { t.source = source }
 
 func parseSession(b []byte) (*tls.ClientSessionState, error) {
 	n, k := binary.Uvarint(b)

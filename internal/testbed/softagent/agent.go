@@ -77,6 +77,8 @@ type Agent struct {
 	ima    *imaLog
 	imaCfg IMAConfig
 	quotes atomic.Uint64
+	// conns counts TLS connections accepted; resumed those whose handshake resumed a session.
+	conns, resumed atomic.Uint64
 
 	serveErr  chan error
 	closeOnce sync.Once
@@ -95,7 +97,15 @@ func New(ln net.Listener, cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.ln = ln
-	a.srv = transport.NewServer(a.Handler(), transport.ServerConfig(tlsCert, cfg.ClientCAs, transport.RequireClientCert), cfg.Log)
+	conf := transport.ServerConfig(tlsCert, cfg.ClientCAs, transport.RequireClientCert)
+	conf.VerifyConnection = func(cs tls.ConnectionState) error { // every handshake, full or resumed
+		a.conns.Add(1)
+		if cs.DidResume {
+			a.resumed.Add(1)
+		}
+		return nil
+	}
+	a.srv = transport.NewServer(a.Handler(), conf, cfg.Log)
 	a.serveErr = make(chan error, 1)
 	go func() { a.serveErr <- a.srv.ServeTLS(ln, "", "") }()
 	return a, nil
@@ -239,6 +249,10 @@ func (a *Agent) Addr() net.Addr { return a.ln.Addr() }
 
 // URL returns the agent's base URL, https://host:port.
 func (a *Agent) URL() string { return "https://" + a.ln.Addr().String() }
+
+// Handshakes returns how many TLS handshakes the agent completed, and how many of them resumed a
+// session.
+func (a *Agent) Handshakes() (all, resumed uint64) { return a.conns.Load(), a.resumed.Load() }
 
 // Quotes returns the number of quotes the agent has produced.
 func (a *Agent) Quotes() uint64 { return a.quotes.Load() }
