@@ -161,8 +161,8 @@ func TestAgentTransport(t *testing.T) {
 		if _, err := do(t, tr, http.MethodGet, "/", ""); err != nil {
 			t.Fatal(err)
 		}
+		time.Sleep(100 * time.Millisecond) // the connection went idle on the server before the switch
 		s.closeIdle.Store(true)
-		time.Sleep(100 * time.Millisecond) // the server closes the (already idle) connection on its next state change
 		for i := 0; i < 3; i++ {
 			if got, err := do(t, tr, http.MethodGet, "/", ""); err != nil || got != "ok" {
 				t.Fatalf("request %d after the agent closed the connection: %q, %v", i, got, err)
