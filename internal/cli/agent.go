@@ -4,7 +4,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -120,6 +122,7 @@ func runAgent(c *ucli.Context, e *env) error {
 		Registrar:     reg,
 		RetryInterval: ac.RegistrationRetryInterval.D(),
 		RetryMax:      ac.RegistrationRetryMax.D(),
+		OnRegistered:  releaseStartupMemory,
 		Log:           log,
 	})
 	if err != nil {
@@ -130,6 +133,22 @@ func runAgent(c *ucli.Context, e *env) error {
 	}
 	log.Info().Msg("agent stopped")
 	return nil
+}
+
+// agentGCPercent is the agent's GC target once it runs (GOGC=50): its live heap is under 1 MiB, so the
+// runtime's floor of 4 MiB × GOGC/100 sets the heap size; at the default 100, 200 quotes grew RssAnon to
+// 7.3 MB against 4.9 MB at 50, for a GC cycle of well under a millisecond every ~50 quotes.
+const agentGCPercent = 50
+
+// releaseStartupMemory runs once the agent has registered and activated. Start-up (every role's package
+// initialisation, configuration, TPM keys, registration) is over and its garbage does not come back:
+// collect it and return the free heap to the OS, and from now on keep the heap small (unless the
+// operator set GOGC).
+func releaseStartupMemory() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(agentGCPercent)
+	}
+	debug.FreeOSMemory()
 }
 
 // payloadConfig maps the [agent] payload keys; without mTLS, payloads are refused unless
