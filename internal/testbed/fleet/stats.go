@@ -174,6 +174,23 @@ func (f *Fleet) WaitAllPolled(ctx context.Context) (time.Duration, error) {
 	}
 }
 
+// PolledAfterEpoch returns the time from MarkEpoch to the first quote request of the agent at quantile
+// q (0.5: half the agents had been polled by then); agents not polled yet are left out.
+func (f *Fleet) PolledAfterEpoch(q float64) time.Duration {
+	ep := f.epoch.Load()
+	var ds []int64
+	for _, a := range f.agents {
+		if v := a.firstSince.Load(); v != 0 {
+			ds = append(ds, v-ep)
+		}
+	}
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	return time.Duration(ds[min(len(ds)-1, int(q*float64(len(ds))))])
+}
+
 // WaitRequests waits until every agent has received at least n integrity quote requests in all.
 func (f *Fleet) WaitRequests(ctx context.Context, n uint64) error {
 	t := time.NewTicker(10 * time.Millisecond)

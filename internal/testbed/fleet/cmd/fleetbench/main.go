@@ -170,6 +170,8 @@ type Result struct {
 	DBBytes          int64   `json:"bbolt_bytes"`
 	RestartAPIS      float64 `json:"restart_api_up_s,omitempty"`
 	RestartS         float64 `json:"restart_all_polled_s,omitempty"`
+	RestartP50S      float64 `json:"restart_half_polled_s,omitempty"`
+	RestartP90S      float64 `json:"restart_90pct_polled_s,omitempty"`
 	Profiles         string  `json:"profiles,omitempty"`
 }
 
@@ -416,6 +418,8 @@ func run(o options) error {
 			return err
 		}
 		r.RestartS = back.Seconds()
+		r.RestartP50S = f.PolledAfterEpoch(0.5).Seconds()
+		r.RestartP90S = f.PolledAfterEpoch(0.9).Seconds()
 		if restartProf != nil {
 			if err := <-restartProf; err != nil {
 				logf("restart profile: %v", err)
@@ -590,7 +594,7 @@ func printTable(w io.Writer, r *Result) {
 		{"verifier.db", mb(r.DBBytes)},
 	}
 	if r.RestartS > 0 {
-		rows = append(rows, [2]string{"restart after kill -9", fmt.Sprintf("API up %.2fs, every agent polled %.2fs", r.RestartAPIS, r.RestartS)})
+		rows = append(rows, [2]string{"restart after kill -9", fmt.Sprintf("API up %.2fs, agents polled: half %.2fs, 90%% %.2fs, all %.2fs", r.RestartAPIS, r.RestartP50S, r.RestartP90S, r.RestartS)})
 	}
 	if r.Profiles != "" {
 		rows = append(rows, [2]string{"profiles", r.Profiles})
