@@ -59,6 +59,7 @@ type options struct {
 	dir        string
 	keep       bool
 	logLevel   string
+	verCfg     string
 	pprofDir   string
 }
 
@@ -83,6 +84,7 @@ func main() {
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new temporary directory, removed unless -keep)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, databases)")
 	flag.StringVar(&o.logLevel, "log-level", "warn", "log level of the registrar and verifier")
+	flag.StringVar(&o.verCfg, "verifier-config", "", "TOML lines added to the verifier's section, e.g. 'agent_connections = \"per-quote\"'")
 	flag.StringVar(&o.pprofDir, "pprof", "", "run the verifier in a profiled copy of this program and save its profiles here")
 	flag.BoolVar(&execKeylime, "exec-keylime", false, "internal: run keylime with the arguments after -- in this process, serving pprof on -pprof-addr")
 	flag.StringVar(&pprofAddr, "pprof-addr", "", "internal: pprof listen address for -exec-keylime")
@@ -233,7 +235,7 @@ func run(o options) error {
 		return err
 	}
 	ctx := context.Background()
-	dcfg := fleet.DeploymentConfig{Binary: o.keylime, Dir: dir, QuoteInterval: o.interval, LogLevel: o.logLevel}
+	dcfg := fleet.DeploymentConfig{Binary: o.keylime, Dir: dir, QuoteInterval: o.interval, LogLevel: o.logLevel, ExtraVerifierConfig: o.verCfg}
 	pprofAddr := ""
 	if o.pprofDir != "" {
 		if err := os.MkdirAll(o.pprofDir, 0o755); err != nil {
