@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/rs/zerolog"
 	ucli "github.com/urfave/cli/v2"
 
 	"github.com/keylime-go/keylime/agent"
@@ -122,7 +123,7 @@ func runAgent(c *ucli.Context, e *env) error {
 		Registrar:     reg,
 		RetryInterval: ac.RegistrationRetryInterval.D(),
 		RetryMax:      ac.RegistrationRetryMax.D(),
-		OnRegistered:  releaseStartupMemory,
+		OnRegistered:  func() { releaseStartupMemory(log) },
 		Log:           log,
 	})
 	if err != nil {
@@ -141,14 +142,19 @@ func runAgent(c *ucli.Context, e *env) error {
 const agentGCPercent = 50
 
 // releaseStartupMemory runs once the agent has registered and activated. Start-up (every role's package
-// initialisation, configuration, TPM keys, registration) is over and its garbage does not come back:
-// collect it and return the free heap to the OS, and from now on keep the heap small (unless the
-// operator set GOGC).
-func releaseStartupMemory() {
+// initialisation, configuration, TPM keys, registration) is over: from now on keep the heap small (unless
+// the operator set GOGC), and hand the start-up garbage and the pages of start-up-only code back to the
+// OS (agent.ReleaseStartupMemory).
+func releaseStartupMemory(log zerolog.Logger) {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(agentGCPercent)
 	}
-	debug.FreeOSMemory()
+	advised, err := agent.ReleaseStartupMemory()
+	if err != nil {
+		log.Debug().Err(err).Msg("start-up memory not released")
+		return
+	}
+	log.Debug().Int("advised_kb", advised/1024).Msg("start-up memory handed back to the OS")
 }
 
 // payloadConfig maps the [agent] payload keys; without mTLS, payloads are refused unless
