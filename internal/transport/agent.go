@@ -56,7 +56,32 @@ const (
 	maxIdle = 60 * time.Second
 	// dialTimeout bounds connecting and the handshake when the request has no earlier deadline.
 	dialTimeout = 10 * time.Second
+	// maxResponseHead bounds a response's status line and headers (net/http's transport allows 10 MiB;
+	// an agent has no reason to send more than a few hundred bytes).
+	maxResponseHead = 64 << 10
 )
+
+// ErrResponseHead is returned for a response whose head (status line and headers) exceeds 64 KiB.
+var ErrResponseHead = errors.New("response headers too large")
+
+// headLimit reads from r, refusing to read more than left bytes while on (the response head).
+type headLimit struct {
+	r    io.Reader
+	left int
+	on   bool
+}
+
+func (h *headLimit) Read(p []byte) (int, error) {
+	if !h.on {
+		return h.r.Read(p)
+	}
+	if h.left <= 0 {
+		return 0, ErrResponseHead
+	}
+	n, err := h.r.Read(p[:min(len(p), h.left)])
+	h.left -= n
+	return n, err
+}
 
 // AgentClientBase returns the TLS configuration shared by the AgentTransports of a verifier: TLS 1.2 or
 // newer, cert as the client certificate, and X25519 or P-256 key exchange (a post-quantum hybrid key
@@ -216,8 +241,10 @@ func (t *AgentTransport) exchange(conn net.Conn, req *http.Request, reused bool)
 	}
 
 	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(conn)
+	lim := &headLimit{r: conn, left: maxResponseHead, on: true}
+	br.Reset(lim)
 	resp, err = http.ReadResponse(br, req)
+	lim.on = false
 	if err != nil {
 		nothing := br.Buffered() == 0
 		br.Reset(nil)

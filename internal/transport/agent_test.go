@@ -264,6 +264,33 @@ func TestAgentTransport(t *testing.T) {
 		}
 	})
 
+	t.Run("endless response headers are refused", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+			line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
+			for i := 0; i < 10000; i++ { // 10 MB of headers unless the client hangs up
+				if _, err := io.WriteString(c, line); err != nil {
+					return
+				}
+			}
+		}()
+		tr, _ := NewAgentTransport(ln.Addr().String(), nil, "", true)
+		_, err = do(t, tr, http.MethodGet, "/", "")
+		if !errors.Is(err, ErrResponseHead) {
+			t.Fatalf("err = %v, want ErrResponseHead", err)
+		}
+	})
+
 	t.Run("a certificate without a name to verify is refused", func(t *testing.T) {
 		if _, err := NewAgentTransport("127.0.0.1:1", base, "not pem", true); err == nil {
 			t.Error("accepted a transport without a pinned certificate")
