@@ -106,7 +106,7 @@ func TestMutualTLS(t *testing.T) {
 }
 
 // selfSigned makes an agent-like self-signed certificate.
-func selfSigned(t *testing.T, cn string) (tls.Certificate, *x509.Certificate) {
+func selfSigned(t testing.TB, cn string) (tls.Certificate, *x509.Certificate) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
