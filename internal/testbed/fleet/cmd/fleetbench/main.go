@@ -174,7 +174,10 @@ type Result struct {
 	RestartS         float64 `json:"restart_all_polled_s,omitempty"`
 	RestartP50S      float64 `json:"restart_half_polled_s,omitempty"`
 	RestartP90S      float64 `json:"restart_90pct_polled_s,omitempty"`
-	Profiles         string  `json:"profiles,omitempty"`
+	// CPU seconds the restarted verifier and the fleet spent from the kill until every agent was polled.
+	RestartVerifierCPU float64 `json:"restart_verifier_cpu_s,omitempty"`
+	RestartFleetCPU    float64 `json:"restart_fleet_cpu_s,omitempty"`
+	Profiles           string  `json:"profiles,omitempty"`
 }
 
 // Millis are percentiles in milliseconds.
@@ -400,6 +403,7 @@ func run(o options) error {
 	if o.restart {
 		logf("kill -9 the verifier and start it again")
 		d.Verifier.Kill()
+		fleet0, _ := fleet.ReadUsage(0)
 		epoch := f.MarkEpoch()
 		actx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
@@ -420,6 +424,12 @@ func run(o options) error {
 			return err
 		}
 		r.RestartS = back.Seconds()
+		if u, err := d.Verifier.Usage(); err == nil {
+			r.RestartVerifierCPU = u.CPU.Seconds()
+		}
+		if fleet1, err := fleet.ReadUsage(0); err == nil {
+			r.RestartFleetCPU = (fleet1.CPU - fleet0.CPU).Seconds()
+		}
 		r.RestartP50S = f.PolledAfterEpoch(0.5).Seconds()
 		r.RestartP90S = f.PolledAfterEpoch(0.9).Seconds()
 		if restartProf != nil {
@@ -596,7 +606,8 @@ func printTable(w io.Writer, r *Result) {
 		{"verifier.db", mb(r.DBBytes)},
 	}
 	if r.RestartS > 0 {
-		rows = append(rows, [2]string{"restart after kill -9", fmt.Sprintf("API up %.2fs, agents polled: half %.2fs, 90%% %.2fs, all %.2fs", r.RestartAPIS, r.RestartP50S, r.RestartP90S, r.RestartS)})
+		rows = append(rows, [2]string{"restart after kill -9", fmt.Sprintf("API up %.2fs, agents polled: half %.2fs, 90%% %.2fs, all %.2fs", r.RestartAPIS, r.RestartP50S, r.RestartP90S, r.RestartS)},
+			[2]string{"CPU until all polled", fmt.Sprintf("verifier %.2fs, fleet %.2fs", r.RestartVerifierCPU, r.RestartFleetCPU)})
 	}
 	if r.Profiles != "" {
 		rows = append(rows, [2]string{"profiles", r.Profiles})
