@@ -295,20 +295,26 @@ func resumable(s int) bool {
 // nonceAlphabet is what Keylime's random_password draws from.
 const nonceAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
-// newNonce returns 20 random alphanumeric characters, as Keylime's verifier sends.
+// newNonce returns 20 random alphanumeric characters, as Keylime's verifier sends, drawn without bias
+// from one read of random bytes (rarely two).
 func newNonce() (string, error) {
-	b := make([]byte, 20)
-	buf := make([]byte, 1)
-	for i := range b {
-		for {
-			if _, err := rand.Read(buf); err != nil {
-				return "", err
-			}
-			if int(buf[0]) < 256-256%len(nonceAlphabet) {
-				b[i] = nonceAlphabet[int(buf[0])%len(nonceAlphabet)]
-				break
+	const n = 20
+	const limit = 256 - 256%len(nonceAlphabet)
+	var out [n]byte
+	var buf [48]byte
+	got := 0
+	for got < n {
+		if _, err := rand.Read(buf[:]); err != nil {
+			return "", err
+		}
+		for _, c := range buf {
+			if int(c) < limit {
+				out[got] = nonceAlphabet[int(c)%len(nonceAlphabet)]
+				if got++; got == n {
+					break
+				}
 			}
 		}
 	}
-	return string(b), nil
+	return string(out[:]), nil
 }

@@ -271,3 +271,31 @@ func TestConcurrentAdds(t *testing.T) {
 		t.Fatalf("%d agents stored (%v), want 17", n, err)
 	}
 }
+
+// TestNewNonce: 20 characters of Keylime's alphabet, every character drawn about equally often (a
+// modulo bias would make the first 8 characters 25% more frequent).
+func TestNewNonce(t *testing.T) {
+	counts := map[rune]int{}
+	const nonces = 20000
+	for range nonces {
+		n, err := newNonce()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(n) != 20 {
+			t.Fatalf("nonce %q is %d characters", n, len(n))
+		}
+		for _, c := range n {
+			if !strings.ContainsRune(nonceAlphabet, c) {
+				t.Fatalf("nonce %q has %q, not in the alphabet", n, c)
+			}
+			counts[c]++
+		}
+	}
+	want := float64(nonces*20) / float64(len(nonceAlphabet))
+	for _, c := range nonceAlphabet {
+		if got := float64(counts[c]); got < 0.9*want || got > 1.1*want {
+			t.Errorf("%q drawn %v times, want about %v", c, got, want)
+		}
+	}
+}
