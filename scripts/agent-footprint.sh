@@ -7,7 +7,8 @@
 # sit idle for --idle seconds and reads /proc/PID/smaps_rollup (Rss, Pss) and /proc/PID/status (RssAnon,
 # RssFile, VmHWM). Then (unless --quotes 0) it starts a verifier, adds the agent with `keylime tenant add`
 # (quote_interval 0.2s, no policies), waits until the verifier counts --quotes attestations, stops the
-# verifier and measures again after --idle seconds.
+# verifier and measures again after --idle seconds. "Idle" is registered and never polled; the figure after
+# quotes is the steady state of an agent under attestation (VmHWM is the peak, reached during start-up).
 #
 # The agent runs from its own copy of the binary, evicted from the page cache before it starts (dd
 # iflag=nocache), so that the registrar's and verifier's use of the same file does not pre-fault pages the
@@ -21,7 +22,8 @@
 #   --bin PATH   measure this binary instead of building one (e.g. to compare build flags)
 #   --json       one JSON document on stdout instead of the table
 #   --keep       keep the work directory (logs, smaps of every measurement)
-# Environment: BUILD_FLAGS extra `go build` flags (e.g. '-ldflags=-s -w'); AGENT_ENV extra environment
+# Environment: BUILD_FLAGS extra `go build` flags, split on spaces (e.g. '-tags=urfave_cli_no_docs'; for
+#   flags with spaces such as -ldflags='-s -w' build yourself and pass --bin); AGENT_ENV extra environment
 #   for the agent only (e.g. 'GODEBUG=inittrace=1' — the trace lands in agent-N.log); MEASURE_HOOK a command
 #   run as `$MEASURE_HOOK PID LABEL DIR` at each measurement (e.g. to read /proc/PID/pagemap).
 set -euo pipefail
