@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"regexp"
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/httpx"
@@ -138,10 +137,8 @@ func (r *Registrar) parseRegistration(req *httpx.Request) (*registration, error)
 	return reg, nil
 }
 
-var hostPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
-
 func validHost(s string) bool {
-	return net.ParseIP(s) != nil || hostPattern.MatchString(s)
+	return net.ParseIP(s) != nil || api.ValidHostName(s)
 }
 
 func (r *Registrar) register(req *httpx.Request) (any, error) {
@@ -204,8 +201,6 @@ func identityChange(old *record, reg *registration) string {
 	return ""
 }
 
-var authTagPattern = regexp.MustCompile(`^[0-9a-f]{96}$`)
-
 func (r *Registrar) activate(req *httpx.Request) (any, error) {
 	id := req.Param("id")
 	if err := checkAgentID(id); err != nil {
@@ -215,7 +210,7 @@ func (r *Registrar) activate(req *httpx.Request) (any, error) {
 	if err := httpx.DecodeJSON(req, &body, r.cfg.MaxBody); err != nil {
 		return nil, err
 	}
-	if !authTagPattern.MatchString(body.AuthTag) {
+	if !api.IsLowerHex(body.AuthTag, 96) {
 		return nil, httpx.Errorf(http.StatusBadRequest, "auth_tag must be 96 lowercase hex characters (HMAC-SHA384)")
 	}
 	err := r.db.Update(func(tx *store.Tx) error {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -116,8 +115,6 @@ var (
 	defaultSignAlgs = []string{"ecdsa", "rsassa"}
 )
 
-var hostPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
-
 // parseAdd validates an add-agent body into a record; nothing is stored.
 // policyAction is what an add request asks of the named policies: store raw under name, or (raw nil)
 // use the stored policy name.
@@ -142,7 +139,7 @@ func (v *Verifier) parseAdd(id string, req *httpx.Request) (*record, []policyAct
 		return nil, nil, err
 	}
 	rec := &record{AgentID: id, State: api.StateStart}
-	if body.CloudAgentIP == "" || (net.ParseIP(body.CloudAgentIP) == nil && !hostPattern.MatchString(body.CloudAgentIP)) {
+	if body.CloudAgentIP == "" || (net.ParseIP(body.CloudAgentIP) == nil && !api.ValidHostName(body.CloudAgentIP)) {
 		return nil, nil, httpx.Errorf(http.StatusBadRequest, "cloudagent_ip %q is not an IP address or host name", body.CloudAgentIP)
 	}
 	if body.CloudAgentPort < 1 {
@@ -201,7 +198,7 @@ func (v *Verifier) parseAdd(id string, req *httpx.Request) (*record, []policyAct
 		if a.name == "" {
 			// A policy sent without a name belongs to the agent: stored under its id, deleted with it.
 			a.name, a.owned = id, true
-		} else if !policyNamePattern.MatchString(a.name) {
+		} else if !validPolicyName(a.name) {
 			return nil, nil, httpx.Errorf(http.StatusBadRequest, "invalid %s policy name %q", a.kind, a.name)
 		}
 		if a.kind == kindRuntime {

@@ -4,7 +4,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
-	"regexp"
 	"strings"
 
 	"github.com/keylime-go/keylime/internal/api"
@@ -28,11 +27,12 @@ func (v *Verifier) policyRoutes() []httpx.Route {
 	}
 }
 
-var policyNamePattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,255}$`)
+// validPolicyName: 1 to 255 letters, digits, '_', '.' and '-'.
+func validPolicyName(n string) bool { return api.ValidName(n, 255, false) }
 
 func policyName(req *httpx.Request) (string, error) {
 	n := req.Param("name")
-	if !policyNamePattern.MatchString(n) {
+	if !validPolicyName(n) {
 		return "", httpx.Errorf(http.StatusBadRequest, "invalid policy name %q: use 1-255 characters from [A-Za-z0-9_.-]", n)
 	}
 	return n, nil

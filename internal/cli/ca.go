@@ -6,13 +6,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/ca"
 )
 
@@ -129,8 +129,6 @@ func caFiles(dir string) ([]string, error) {
 	return out, nil
 }
 
-var certName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-
 func caIssue(c *ucli.Context) error {
 	if err := noArgs(c); err != nil {
 		return err
@@ -139,7 +137,7 @@ func caIssue(c *ucli.Context) error {
 	switch {
 	case name == "":
 		return usagef("ca issue: --name is required")
-	case !certName.MatchString(name):
+	case !api.ValidName(name, 64, true):
 		return usagef("ca issue: --name %q: use 1-64 characters from [A-Za-z0-9_.-]", name)
 	case name == "ca":
 		return usagef("ca issue: --name ca would overwrite the CA's own key (ca-private.pem)")
