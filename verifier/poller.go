@@ -484,6 +484,12 @@ func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 	})
 	if err != nil {
 		v.log.Error().Err(err).Int("agents", len(items)).Msg("cannot save agent state")
+		for _, it := range items {
+			it.st.mu.Lock()
+			it.st.storedState = -1 // unknown: the next state is written at once
+			it.st.mu.Unlock()
+			it.st.dirty.Store(true) // the flusher tries again
+		}
 		return
 	}
 	// Saved sessions leave memory; a connection that needs one reads it back.
