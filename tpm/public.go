@@ -97,17 +97,40 @@ type Public struct {
 //   - an ECC key is on NIST P-256, P-384 or P-521, its coordinates are padded to the
 //     curve size (as TPMs produce them) and the point is on the curve.
 //
-// Object attributes are not checked here; see CheckAK and CheckEK.
+// Object attributes are not checked here; see CheckAK and CheckEK. The byte slices in
+// the returned Public share memory; treat them as read-only.
 func ParsePublic(tpm2b []byte) (*Public, error) {
+	if err := checkPublicSize(tpm2b); err != nil {
+		return nil, err
+	}
+	p, err := parsePublicFast(tpm2b)
+	if !errors.Is(err, errNotFast) {
+		return p, err
+	}
+	return parsePublicReflect(tpm2b)
+}
+
+// checkPublicSize checks the length of a TPM2B_PUBLIC against its u16 size prefix.
+func checkPublicSize(tpm2b []byte) error {
 	if len(tpm2b) < 2 {
-		return nil, fmt.Errorf("%w: %d bytes, too short for a TPM2B", ErrBadPublic, len(tpm2b))
+		return fmt.Errorf("%w: %d bytes, too short for a TPM2B", ErrBadPublic, len(tpm2b))
 	}
 	if len(tpm2b) > maxPublicSize {
-		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrBadPublic, len(tpm2b), maxPublicSize)
+		return fmt.Errorf("%w: %d bytes, more than %d", ErrBadPublic, len(tpm2b), maxPublicSize)
 	}
 	size := int(binary.BigEndian.Uint16(tpm2b))
 	if size != len(tpm2b)-2 {
-		return nil, fmt.Errorf("%w: size prefix says %d bytes but %d follow", ErrBadPublic, size, len(tpm2b)-2)
+		return fmt.Errorf("%w: size prefix says %d bytes but %d follow", ErrBadPublic, size, len(tpm2b)-2)
+	}
+	return nil
+}
+
+// parsePublicReflect is ParsePublic with go-tpm's reflection decoder and tpm2.Pub. It
+// handles every input parsePublicFast does not decode, and is the reference the fast
+// path is fuzzed against.
+func parsePublicReflect(tpm2b []byte) (*Public, error) {
+	if err := checkPublicSize(tpm2b); err != nil {
+		return nil, err
 	}
 	inner := tpm2b[2:]
 	pub, err := unmarshalPublic(inner)
