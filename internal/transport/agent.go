@@ -161,14 +161,19 @@ func (t *AgentTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		_ = conn.Close()
-		if !retry || !reused {
+		rewindable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+		if !retry || !reused || !rewindable {
 			closeBody(req)
 			return nil, err
 		}
-		if req.GetBody != nil && req.Body != nil {
-			if req.Body, err = req.GetBody(); err != nil {
-				return nil, err
+		if req.Body != nil && req.Body != http.NoBody {
+			body, gerr := req.GetBody()
+			if gerr != nil {
+				return nil, gerr
 			}
+			r2 := *req // a RoundTripper leaves the caller's request as it was
+			r2.Body = body
+			req = &r2
 		}
 		conn, reused = nil, false
 	}
