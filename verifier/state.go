@@ -93,7 +93,7 @@ func (v *Verifier) newState(rec *record) (*agentState, error) {
 		storedState: rec.State,
 		policy:      pol,
 		tr:          tr,
-		client:      client.NewAgent(tr.Client(), tr.Scheme()+"://"+net.JoinHostPort(rec.IP, strconv.Itoa(rec.Port)), rec.SupportedVersion),
+		client:      client.NewAgent(tr.Client(), tr.URL(), rec.SupportedVersion),
 	}, nil
 }
 

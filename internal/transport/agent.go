@@ -2,10 +2,8 @@ package transport
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -33,7 +31,6 @@ type AgentTransport struct {
 	addr string      // host:port
 	base *tls.Config // shared by every agent: client certificate, versions, curves; nil for plain HTTP
 	pem  string      // the pinned certificate (PEM), parsed per handshake
-	name string      // the name the pinned certificate is verified against
 	keep bool        // keep a connection alive between requests
 
 	mu     sync.Mutex
@@ -108,20 +105,19 @@ func NewAgentTransport(addr string, base *tls.Config, pinnedPEM string, keepAliv
 	if err != nil {
 		return nil, fmt.Errorf("pinned certificate: %w", err)
 	}
-	t.name = pinnedServerName(cert)
-	if t.name == "" {
-		return nil, errors.New("pinned certificate has no subjectAltName to verify against")
+	if pinnedServerName(cert) == "" {
+		return nil, errNoSAN
 	}
 	t.pem = pinnedPEM
 	return t, nil
 }
 
-// Scheme is "https" or "http".
-func (t *AgentTransport) Scheme() string {
+// URL is the agent's base URL: https://host:port, or http:// without TLS.
+func (t *AgentTransport) URL() string {
 	if t.base == nil {
-		return "http"
+		return "http://" + t.addr
 	}
-	return "https"
+	return "https://" + t.addr
 }
 
 // Client returns an http.Client using t; deadlines come from the requests' contexts.
@@ -324,28 +320,20 @@ func (t *AgentTransport) dial(ctx context.Context) (net.Conn, error) {
 		defer cancel()
 	}
 	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", t.addr)
-	if err != nil {
-		return nil, err
-	}
 	if t.base == nil {
-		return raw, nil
+		return d.DialContext(ctx, "tcp", t.addr)
 	}
 	pinned, err := ParseCertPEM(t.pem)
 	if err != nil {
-		_ = raw.Close()
 		return nil, fmt.Errorf("pinned certificate: %w", err)
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(pinned)
 	conf := t.base.Clone()
-	conf.RootCAs = roots
-	conf.ServerName = t.name
-	conf.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, pinned.Raw) {
-			return ErrPinMismatch
-		}
-		return nil
+	if err := pin(conf, pinned); err != nil {
+		return nil, err
+	}
+	raw, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, err
 	}
 	conf.ClientSessionCache = (*agentSessionCache)(t)
 	tc := tls.Client(raw, conf)

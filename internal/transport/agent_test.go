@@ -76,7 +76,7 @@ func do(t *testing.T, tr *AgentTransport, method, path, body string) (string, er
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, tr.Scheme()+"://"+tr.addr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, tr.URL()+path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}

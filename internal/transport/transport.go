@@ -87,28 +87,36 @@ var ErrPinMismatch = errors.New("server certificate does not match the pinned ce
 // certificate, pinned (an agent's self-signed certificate as recorded at registration), whatever host name
 // or address it is reached at. The certificate must still be within its validity period.
 func PinnedClientConfig(cert *tls.Certificate, pinned *x509.Certificate) (*tls.Config, error) {
-	name := pinnedServerName(pinned)
-	if name == "" {
-		return nil, errors.New("pinned certificate has no subjectAltName to verify against")
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(pinned)
-	c := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		RootCAs:    roots,
-		// Verify against a name the pinned certificate carries: the pin, not the address, is the identity.
-		ServerName: name,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, pinned.Raw) {
-				return ErrPinMismatch
-			}
-			return nil
-		},
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if err := pin(c, pinned); err != nil {
+		return nil, err
 	}
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
 	return c, nil
+}
+
+// errNoSAN is returned for a certificate to pin that names no host or address.
+var errNoSAN = errors.New("pinned certificate has no subjectAltName to verify against")
+
+// pin makes c accept exactly the certificate pinned: it is the only root, it is verified against a name
+// it carries (the pin, not the address, is the identity), and the peer must present it byte for byte.
+func pin(c *tls.Config, pinned *x509.Certificate) error {
+	name := pinnedServerName(pinned)
+	if name == "" {
+		return errNoSAN
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(pinned)
+	c.RootCAs, c.ServerName = roots, name
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, pinned.Raw) {
+			return ErrPinMismatch
+		}
+		return nil
+	}
+	return nil
 }
 
 func pinnedServerName(c *x509.Certificate) string {
