@@ -397,16 +397,14 @@ const routineWriteEvery = 10 * time.Second
 // flush writes the dirty agents last written at least routineWriteEvery ago (every dirty agent when
 // all is set, at shutdown).
 func (v *Verifier) flush(all bool) {
-	v.flushMu.Lock()
-	defer v.flushMu.Unlock()
 	v.mu.Lock()
-	sts := v.flushBuf[:0]
+	sts := make([]*agentState, 0, len(v.agents))
 	for _, st := range v.agents {
 		sts = append(sts, st)
 	}
 	v.mu.Unlock()
 	cutoff := time.Now().Add(-routineWriteEvery).UnixNano()
-	batch := v.flushBatch[:0]
+	batch := sts[:0] // filtered in place
 	for _, st := range sts {
 		if !st.dirty.Load() || (!all && st.lastWrite.Load() > cutoff) {
 			continue
@@ -414,13 +412,9 @@ func (v *Verifier) flush(all bool) {
 		st.dirty.Store(false)
 		batch = append(batch, st)
 	}
-	clear(sts)
-	v.flushBuf = sts
 	if len(batch) > 0 {
 		v.writeRecords(batch, false)
 	}
-	clear(batch)
-	v.flushBatch = batch
 }
 
 // writeRecords writes the records of sts in one transaction, with the TLS sessions that changed since

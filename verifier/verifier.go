@@ -104,12 +104,8 @@ type Verifier struct {
 	wg        sync.WaitGroup
 	// notifier delivers revocation messages.
 	notifier *notifier
-	// flusherOn is set while the flusher runs (routine updates are then left to it); flushMu
-	// serialises flushes, whose scratch slices are flushBuf and flushBatch.
-	flusherOn  atomic.Bool
-	flushMu    sync.Mutex
-	flushBuf   []*agentState
-	flushBatch []*agentState
+	// flusherOn is set while the flusher runs (routine updates are then left to it).
+	flusherOn atomic.Bool
 	// workers run the polling rounds.
 	workers *workers
 	// mbMask is the PCRs a non-empty measured-boot reference state is judged on (the policy's).

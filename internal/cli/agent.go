@@ -4,9 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -146,9 +144,7 @@ const agentGCPercent = 50
 // the operator set GOGC), and hand the start-up garbage and the pages of start-up-only code back to the
 // OS (agent.ReleaseStartupMemory).
 func releaseStartupMemory(log zerolog.Logger) {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(agentGCPercent)
-	}
+	defaultGCPercent(agentGCPercent)
 	advised, err := agent.ReleaseStartupMemory()
 	if err != nil {
 		log.Debug().Err(err).Msg("start-up memory not released")

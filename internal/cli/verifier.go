@@ -75,9 +75,7 @@ func verifierCommand() *ucli.Command {
 			default:
 				return usagef("verifier.measured_boot_evaluate: %q is neither \"once\" nor \"always\"", vc.MeasuredBootEvaluate)
 			}
-			if os.Getenv("GOGC") == "" {
-				debug.SetGCPercent(verifierGCPercent)
-			}
+			defaultGCPercent(verifierGCPercent)
 			dbPath := config.Path(vc.KeylimeDir, vc.Database)
 			log.Info().Str("ip", vc.IP).Int("port", vc.Port).Str("database", dbPath).Str("tls_dir", srv.Dir).
 				Dur("quote_interval", vc.QuoteInterval.D()).Dur("retry_interval", vc.RetryInterval.D()).
@@ -143,3 +141,10 @@ func loadRevocationKey(dir string) (*rsa.PrivateKey, error) {
 // the RSS per agent from 48 to 37 KB for no measurable CPU (230 against 221-246 µs per attestation) and
 // no late polls; 25 saved 3 KB more for 16% more CPU.
 const verifierGCPercent = 50
+
+// defaultGCPercent sets the garbage collector's target to percent unless the operator set GOGC.
+func defaultGCPercent(percent int) {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(percent)
+	}
+}
