@@ -65,19 +65,8 @@ func (a *Agent) keyRoutes() []httpx.Route {
 	}
 }
 
-// isAuthTag reports whether s is an auth_tag: 96 lowercase hex characters (HMAC-SHA-384). A loop, not a
-// package-level regexp: compiling `{96}` at start-up cost every keylime process 30 kB of heap.
-func isAuthTag(s string) bool {
-	if len(s) != 96 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
+// isAuthTag reports whether s is an auth_tag: 96 lowercase hex characters (HMAC-SHA-384).
+func isAuthTag(s string) bool { return api.IsLowerHex(s, 96) }
 
 func (a *Agent) ukey(req *httpx.Request) (any, error) {
 	var body api.UKeyRequest
