@@ -312,7 +312,7 @@ func (v *Verifier) delete(req *httpx.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	stopPolling(st)
+	v.stopPolling(st)
 	id := st.rec.AgentID
 	st.mu.Lock()
 	st.deleted = true
@@ -357,7 +357,7 @@ func (v *Verifier) reactivate(req *httpx.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	stopPolling(st)
+	v.stopPolling(st)
 	st.mu.Lock()
 	st.rec.State = api.StateStart
 	st.rec.HaveClock = false
@@ -376,7 +376,7 @@ func (v *Verifier) stop(req *httpx.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	stopPolling(st)
+	v.stopPolling(st)
 	v.setState(st, api.StateTenantFailed)
 	v.log.Info().Str("agent", st.rec.AgentID).Msg("agent polling stopped by tenant")
 	return nil, nil

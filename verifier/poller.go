@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -27,8 +26,9 @@ import (
 const maxFailures = 10
 
 // Polling is timer driven: an agent between two quotes is a struct and a pending timer, not a
-// goroutine. Each round (step) runs on the timer's own short-lived goroutine and schedules the next, so
-// thousands of agents cost no stacks while they wait.
+// goroutine or a context. When the timer fires, the round (step) runs on a long-lived worker and
+// schedules the next. A round gets its own context, cancelled when the round ends or the poller is
+// stopped; the verifier's context ending stops every poller (stopAll).
 
 // startPolling starts st's poller; v.mu must be held.
 func (v *Verifier) startPolling(st *agentState) { v.startPollingAfter(st, 0) }
@@ -37,56 +37,101 @@ func (v *Verifier) startPolling(st *agentState) { v.startPollingAfter(st, 0) }
 func (v *Verifier) startPollingAfter(st *agentState, delay time.Duration) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if v.ctx == nil || st.cancel != nil {
+	if v.ctx == nil || v.ctx.Err() != nil || st.polling {
+		return
+	}
+	st.polling, st.stopping = true, false
+	st.poll = pollState{needPubkey: true} // the first quote after (re)start carries the NK (partial=0)
+	v.wg.Add(1)
+	round := func() { v.round(st) }
+	st.timer = time.AfterFunc(delay, func() { v.workers.run(round) })
+}
+
+// round runs one polling round of st and schedules the next, or ends the poller. Rounds keep a fixed
+// rate: the next starts one interval after this one started, so a round delayed (by a slow agent, a
+// garbage collection) does not shift every later one, and rounds delayed together do not stay bunched.
+func (v *Verifier) round(st *agentState) {
+	st.mu.Lock()
+	if st.stopping || v.ctx.Err() != nil {
+		v.endPolling(st)
+		st.mu.Unlock()
 		return
 	}
 	ctx, cancel := context.WithCancel(v.ctx)
-	done := make(chan struct{})
-	st.cancel, st.done = cancel, done
-	st.poll = pollState{needPubkey: true} // the first quote after (re)start carries the NK (partial=0)
-	v.wg.Add(1)
-	var once sync.Once
-	var stopWatch func() bool
-	finish := func() {
-		once.Do(func() {
-			if stopWatch != nil {
-				stopWatch()
-			}
-			st.tr.CloseIdle() // not polled any more: no connection kept for it
-			close(done)
-			v.wg.Done()
-		})
+	st.abort = cancel
+	st.mu.Unlock()
+
+	start := time.Now()
+	wait, more := v.step(ctx, st)
+
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.abort = nil
+	cancel()
+	if !more || st.stopping || v.ctx.Err() != nil {
+		v.endPolling(st)
+		return
 	}
-	// Rounds keep a fixed rate: the next starts wait after this one started, so a round delayed (by
-	// a slow agent, a garbage collection) does not shift every later one, and rounds delayed together
-	// do not stay bunched.
-	var round func()
-	round = func() {
-		start := time.Now()
-		wait, more := v.step(ctx, st)
-		st.mu.Lock()
-		if !more || ctx.Err() != nil {
-			st.mu.Unlock()
-			finish()
-			return
-		}
-		if st.poll.retries == 0 { // retries wait retry_interval after the failure
-			wait = max(0, wait-time.Since(start))
-		}
-		st.timer.Reset(wait)
-		st.mu.Unlock()
+	if st.poll.retries == 0 { // retries wait retry_interval after the failure
+		wait = max(0, wait-time.Since(start))
 	}
-	fire := func() { v.workers.run(round) }
-	// Cancelling ctx stops a pending timer; a round already running sees ctx and finishes itself.
-	stopWatch = context.AfterFunc(ctx, func() {
-		st.mu.Lock()
-		t := st.timer
-		st.mu.Unlock()
-		if t != nil && t.Stop() {
-			finish()
-		}
-	})
-	st.timer = time.AfterFunc(delay, fire)
+	st.timer.Reset(wait)
+}
+
+// endPolling marks st's poller stopped and wakes whoever waits for that; st.mu must be held, and
+// no round may be pending or running after it.
+func (v *Verifier) endPolling(st *agentState) {
+	st.polling, st.timer = false, nil
+	st.tr.CloseIdle() // not polled any more: no connection kept for it
+	if st.stopped != nil {
+		close(st.stopped)
+		st.stopped = nil
+	}
+	v.wg.Done()
+}
+
+// stopPolling stops st's poller and waits for it: a pending round is cancelled, a running one has its
+// requests cancelled and ends. v.mu must not be held by the poller's path.
+func (v *Verifier) stopPolling(st *agentState) {
+	if wait := v.requestStop(st); wait != nil {
+		<-wait
+	}
+}
+
+// requestStop asks st's poller to stop. It returns nil when the poller is stopped already, or a
+// channel closed once the running round has ended it.
+func (v *Verifier) requestStop(st *agentState) <-chan struct{} {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.polling {
+		return nil
+	}
+	st.stopping = true
+	if st.abort != nil {
+		st.abort()
+	}
+	if st.timer.Stop() { // no round pending or running: nothing else will end the poller
+		v.endPolling(st)
+		return nil
+	}
+	// The timer fired: a round is queued or running, and it ends the poller when it sees stopping.
+	if st.stopped == nil {
+		st.stopped = make(chan struct{})
+	}
+	return st.stopped
+}
+
+// stopAll stops every poller without waiting (the verifier's context ended; Serve waits for them).
+func (v *Verifier) stopAll() {
+	v.mu.Lock()
+	agents := make([]*agentState, 0, len(v.agents))
+	for _, st := range v.agents {
+		agents = append(agents, st)
+	}
+	v.mu.Unlock()
+	for _, st := range agents {
+		v.requestStop(st)
+	}
 }
 
 // workers runs polling rounds on goroutines that outlive a round: a round needs a deep stack (TLS,
@@ -120,21 +165,6 @@ func (w *workers) work(f func()) {
 			return
 		}
 	}
-}
-
-// stopPolling stops st's poller and waits for it; v.mu must not be held by the poller's path.
-func stopPolling(st *agentState) {
-	st.mu.Lock()
-	cancel, done := st.cancel, st.done
-	st.mu.Unlock()
-	if cancel == nil {
-		return
-	}
-	cancel()
-	<-done
-	st.mu.Lock()
-	st.cancel, st.done, st.timer = nil, nil, nil
-	st.mu.Unlock()
 }
 
 // pollState is what the rounds of one polling session carry from one to the next (only the running

@@ -32,12 +32,15 @@ type agentState struct {
 	tr           *transport.AgentTransport
 	savedSession uint32
 
-	// cancel stops the poller; done is closed when it has stopped. Both nil while not polling.
-	cancel context.CancelFunc
-	done   chan struct{}
-	// timer runs the next polling round; poll is the polling session's round-to-round state.
-	timer *time.Timer
-	poll  pollState
+	// polling is set while the poller runs; timer runs its next round (nil while not polling).
+	// stopping asks it to stop; abort cancels the running round's requests; stopped, when not nil,
+	// is closed once the poller has stopped. poll is the round-to-round state (only the running
+	// round touches it).
+	polling, stopping bool
+	timer             *time.Timer
+	abort             context.CancelFunc
+	stopped           chan struct{}
+	poll              pollState
 	// mbPassed identifies the last boot log (with the measured-boot policy) that passed evaluation, and
 	// mbLog is that log's replay: with measured_boot_evaluate "once" the same log is neither parsed nor
 	// evaluated again, only its PCR values compared with each quote.

@@ -248,6 +248,7 @@ func (v *Verifier) start(ctx context.Context) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.ctx = ctx
+	context.AfterFunc(ctx, v.stopAll)
 	v.notifier = newNotifier(v)
 	v.flusherOn.Store(true)
 	v.wg.Add(1)

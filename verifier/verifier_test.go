@@ -36,9 +36,12 @@ type testVerifier struct {
 	v     *Verifier
 	url   string
 	admin *http.Client
+	// stop ends Serve, waits for it and closes the verifier (once; also at cleanup).
+	stop func()
 }
 
-func startVerifier(t *testing.T) *testVerifier {
+// startVerifier serves a verifier on loopback until the test ends; opts adjust its configuration.
+func startVerifier(t *testing.T, opts ...func(*Config)) *testVerifier {
 	t.Helper()
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "cv_ca")
@@ -53,7 +56,7 @@ func startVerifier(t *testing.T) *testVerifier {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := New(Config{
+	cfg := Config{
 		DBPath:        filepath.Join(dir, "verifier.db"),
 		TLS:           transport.ServerConfig(srv.Cert, srv.Pool, transport.OptionalClientCert),
 		ClientCert:    &cl.Cert,
@@ -61,7 +64,11 @@ func startVerifier(t *testing.T) *testVerifier {
 		RequestTimeout: time.Second,
 		MaxBody:        1 << 20,
 		Log:            zerolog.Nop(),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	v, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,12 +79,16 @@ func startVerifier(t *testing.T) *testVerifier {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- v.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		v.Close()
-	})
-	return &testVerifier{v: v, url: "https://" + ln.Addr().String(),
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			v.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return &testVerifier{v: v, url: "https://" + ln.Addr().String(), stop: stop,
 		admin: transport.NewHTTPClient(transport.ClientConfig(&cl.Cert, cl.Pool), 5*time.Second)}
 }
 

@@ -1,0 +1,94 @@
+package verifier
+
+import (
+	"encoding/json"
+	"net"
+	"testing"
+	"time"
+)
+
+// hangingAgent accepts connections and never answers, like an agent whose machine froze.
+func hangingAgent(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func addBody(t *testing.T, port int) string {
+	t.Helper()
+	body, err := json.Marshal(map[string]any{
+		"cloudagent_ip": "127.0.0.1", "cloudagent_port": port, "tpm_policy": "{}", "mb_policy_name": "", "metadata": "{}",
+		"accept_tpm_hash_algs": []string{"sha256"}, "accept_tpm_encryption_algs": []string{"rsa"},
+		"accept_tpm_signing_algs": []string{"rsassa"}, "ak_tpm": fixtureB64(t, "ak-rsa.tpm2b"), "mtls_cert": selfSignedPEM(t),
+		"supported_version": "2.1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// TestDeleteCancelsRunningRound: deleting an agent whose round hangs on a request cancels the request
+// instead of waiting for the request timeout, and the agent is gone.
+func TestDeleteCancelsRunningRound(t *testing.T) {
+	tv := startVerifier(t, func(c *Config) { c.RequestTimeout = time.Minute })
+	if code, env := tv.do(t, "POST", "/v2.1/agents/frozen", addBody(t, hangingAgent(t))); code != 200 {
+		t.Fatalf("add: %d %s", code, env.Status)
+	}
+	time.Sleep(200 * time.Millisecond) // the first round is now waiting for the agent
+	start := time.Now()
+	if code, env := tv.do(t, "DELETE", "/v2.1/agents/frozen", ""); code != 200 && code != 202 {
+		t.Fatalf("delete: %d %s", code, env.Status)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("delete took %v: the running round was not cancelled", d)
+	}
+	if code, _ := tv.do(t, "GET", "/v2.1/agents/frozen", ""); code != 404 {
+		t.Fatalf("deleted agent answered %d, want 404", code)
+	}
+}
+
+// TestShutdownStopsWaitingPollers: when the verifier's context ends, pollers waiting for their next
+// round (here a retry an hour away) and rounds hanging on an agent all stop, so Serve returns at once.
+func TestShutdownStopsWaitingPollers(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := dead.Addr().(*net.TCPAddr).Port
+	dead.Close() // connections are refused: the agent is retried after RetryInterval
+
+	tv := startVerifier(t, func(c *Config) {
+		c.RetryInterval, c.MaxRetries, c.RequestTimeout = time.Hour, 5, time.Minute
+	})
+	for id, port := range map[string]int{"waiting": deadPort, "hanging": hangingAgent(t)} {
+		if code, env := tv.do(t, "POST", "/v2.1/agents/"+id, addBody(t, port)); code != 200 {
+			t.Fatalf("add %s: %d %s", id, code, env.Status)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	tv.stop()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Serve returned %v after its context ended", d)
+	}
+}
