@@ -357,7 +357,7 @@ func TestReadUsage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.RSS <= 0 || u.HWM < u.RSS {
+	if u.RSS <= 0 || u.HWM < u.RSS || u.Anon <= 0 || u.Anon > u.RSS {
 		t.Errorf("own usage %+v", u)
 	}
 	if _, err := fleet.ReadUsage(1 << 30); !errors.Is(err, fleet.ErrNoProc) {

@@ -313,6 +313,9 @@ type Usage struct {
 	CPU time.Duration
 	// RSS is the resident set (VmRSS), HWM its peak (VmHWM), in bytes.
 	RSS, HWM int64
+	// Anon is RSS's private part (RssAnon: heap, stacks); the rest is file pages mapped from the page
+	// cache (the binary, the bbolt file's mmap), which the kernel can drop and re-read.
+	Anon int64
 }
 
 // clockTick is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every Linux architecture Go supports
@@ -354,7 +357,7 @@ func ReadUsage(pid int) (Usage, error) {
 	}
 	for _, line := range strings.Split(string(status), "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "VmRSS" && k != "VmHWM") {
+		if !ok || (k != "VmRSS" && k != "VmHWM" && k != "RssAnon") {
 			continue
 		}
 		fs := strings.Fields(v)
@@ -365,10 +368,13 @@ func ReadUsage(pid int) (Usage, error) {
 		if err != nil {
 			continue
 		}
-		if k == "VmRSS" {
+		switch k {
+		case "VmRSS":
 			u.RSS = kb << 10
-		} else {
+		case "VmHWM":
 			u.HWM = kb << 10
+		case "RssAnon":
+			u.Anon = kb << 10
 		}
 	}
 	return u, nil
