@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,29 +22,12 @@ import (
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/payload"
 	"github.com/keylime-go/keylime/internal/revocation"
+	"github.com/keylime-go/keylime/internal/testbed"
 )
 
-// logBuffer is a zerolog sink that handlers and payload goroutines may write to while a test reads it.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // captureLog sends the agent's log to a buffer the test can read.
-func captureLog(a *Agent) *logBuffer {
-	lb := &logBuffer{}
+func captureLog(a *Agent) *testbed.LogBuffer {
+	lb := &testbed.LogBuffer{}
 	a.log = zerolog.New(lb).Level(zerolog.DebugLevel)
 	return lb
 }

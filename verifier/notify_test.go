@@ -1,7 +1,6 @@
 package verifier
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -14,25 +13,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/keylime-go/keylime/internal/revocation"
+	"github.com/keylime-go/keylime/internal/testbed"
 )
-
-// syncBuffer is a log sink safe for the verifier's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRevocationQueueDropsOldest: while the webhook is stuck on one message, a full queue drops its
 // oldest messages (logging each), keeps the newest, and delivers them once the webhook answers.
@@ -62,7 +44,7 @@ func TestRevocationQueueDropsOldest(t *testing.T) {
 	t.Cleanup(hook.Close)
 	t.Cleanup(func() { released.Do(func() { close(release) }) })
 
-	logs := &syncBuffer{}
+	logs := &testbed.LogBuffer{}
 	tv := startVerifier(t, func(c *Config) {
 		c.WebhookURL, c.WebhookClient, c.NotifyQueue = hook.URL, hook.Client(), 2
 		c.RequestTimeout, c.MaxRetries = 10*time.Second, 0

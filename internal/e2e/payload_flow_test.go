@@ -150,24 +150,6 @@ func (p *keyProxy) half(t *testing.T, a *Agent, path string) []byte {
 	return h
 }
 
-// syncBuffer collects log lines from every role while the test reads them.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // newTestTenant is a tenant of the system's CA with fast retries, no EK check needed (swtpm's EK CA is
 // not in any store here), logging to log.
 func newTestTenant(t *testing.T, s *System, log zerolog.Logger, maxRetries int) *tenant.Tenant {
@@ -225,7 +207,7 @@ func encodings(b []byte) []string {
 func TestSecretsNeverLogged(t *testing.T) {
 	testbed.RequireSWTPM(t)
 	s := NewSystem(t)
-	logs := &syncBuffer{}
+	logs := &testbed.LogBuffer{}
 	s.Log = zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	s.StartVerifier(VerifierOptions{})
 	a := s.StartAgent(AgentOptions{})
