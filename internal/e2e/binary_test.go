@@ -3,7 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
+
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,25 +21,29 @@ import (
 
 var (
 	buildOnce sync.Once
+	binDir    string
 	binPath   string
 	buildErr  error
 )
+
+// TestMain removes the binary keylimeBinary built once the package's tests are done.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 // keylimeBinary builds the release binary once per test process (CGO_ENABLED=0, as shipped).
 func keylimeBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "keylime-bin")
-		if err != nil {
-			buildErr = err
+		binDir, buildErr = os.MkdirTemp("", "keylime-bin")
+		if buildErr != nil {
 			return
 		}
-		binPath = filepath.Join(dir, "keylime")
-		cmd := exec.Command("go", "build", "-o", binPath, "github.com/keylime-go/keylime")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
+		binPath, buildErr = testbed.BuildKeylime(binDir)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -47,15 +51,7 @@ func keylimeBinary(t *testing.T) string {
 	return binPath
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testbed.FreePort(t) }
 
 // proc is a keylime process started by a test.
 type proc struct {

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/keylime-go/keylime/internal/api"
 	"github.com/keylime-go/keylime/internal/client"
+	"github.com/keylime-go/keylime/internal/testbed"
 	"github.com/keylime-go/keylime/internal/transport"
 )
 
@@ -43,31 +43,20 @@ func buildKeylime(t *testing.T, dir string) string {
 	if b := os.Getenv("KEYLIME_VM_BINARY"); b != "" {
 		return b
 	}
-	bin := filepath.Join(dir, "keylime")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/keylime-go/keylime")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin, err := testbed.BuildKeylime(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 // startHost writes the host configuration and starts the registrar and the verifier. The verifier
 // keeps retrying an unreachable agent for two minutes (a reboot under TCG takes well under that).
 func startHost(t *testing.T, bin, dir, certStore string) *hostSystem {
 	t.Helper()
 	s := &hostSystem{t: t, bin: bin, dir: dir, cfg: filepath.Join(dir, "keylime.toml"),
-		regPort: freePort(t), regTLS: freePort(t), verPort: freePort(t)}
+		regPort: testbed.FreePort(t), regTLS: testbed.FreePort(t), verPort: testbed.FreePort(t)}
 	conf := fmt.Sprintf(`[registrar]
 keylime_dir = %[1]q
 port = %[2]d

@@ -91,7 +91,7 @@ func TestMeasuredBootVM(t *testing.T) {
 	}
 
 	host := startHost(t, bin, dir, certStore)
-	agentPort := freePort(t)
+	agentPort := testbed.FreePort(t)
 	agentURL := "https://127.0.0.1:" + strconv.Itoa(agentPort)
 
 	// The guest: the agent's configuration and the Keylime CA certificate in the initramfs.
