@@ -39,9 +39,11 @@ func policySubcommands() []*ucli.Command {
 func runtimePolicyFlags() []ucli.Flag {
 	return []ucli.Flag{
 		&ucli.StringFlag{Name: "runtime-policy", Usage: "runtime policy file: Keylime JSON (any version), a DSSE-signed envelope or a legacy allowlist"},
-		&ucli.StringFlag{Name: "runtime-policy-checksum", Usage: "SHA-256 (hex) the --runtime-policy file must have"},
+		&ucli.StringFlag{Name: "runtime-policy-url", Usage: "download the runtime policy from this https:// (or http://) URL instead of --runtime-policy; needs --runtime-policy-checksum"},
+		&ucli.StringFlag{Name: "runtime-policy-checksum", Usage: "SHA-256 (hex) the --runtime-policy file or --runtime-policy-url download must have"},
 		&ucli.StringFlag{Name: "runtime-policy-sig-key", Usage: "PEM EC public key or certificate that verifies a signed runtime policy (also sent to the verifier)"},
 		&ucli.StringFlag{Name: "allowlist", Usage: "legacy allowlist file (\"<digest> <path>\" lines or JSON), converted to a runtime policy"},
+		&ucli.StringFlag{Name: "allowlist-url", Usage: "download the legacy allowlist from this https:// (or http://, unauthenticated) URL instead of --allowlist"},
 		&ucli.StringFlag{Name: "exclude", Usage: "legacy exclude list file (one regular expression per line), added to the policy's excludes"},
 	}
 }
@@ -50,9 +52,37 @@ func mbPolicyFlag() ucli.Flag {
 	return &ucli.StringFlag{Name: "mb-policy", Aliases: []string{"mb_refstate", "mb-refstate"}, Usage: "measured-boot reference state file (Keylime's mb_refstate JSON)"}
 }
 
-// readRuntimePolicyInput reads the runtime policy flags; all unset gives an empty input.
+// readRuntimePolicyInput reads the runtime policy flags; all unset gives an empty input. The flag
+// combinations are checked first (Keylime's get_opts_error), then files are read and URLs downloaded
+// (tenant.request_timeout, the system roots, 64 MiB at most); a download error exits 1, a bad
+// combination or URL 2, and either way before anything reaches the verifier.
 func readRuntimePolicyInput(c *ucli.Context) (tenant.RuntimePolicyInput, error) {
 	var in tenant.RuntimePolicyInput
+	urls := tenant.PolicyURLs{Policy: c.String("runtime-policy-url"), Allowlist: c.String("allowlist-url")}
+	policyGiven := c.String("runtime-policy") != "" || urls.Policy != ""
+	for _, pair := range [][2]string{{"runtime-policy", "runtime-policy-url"}, {"allowlist", "allowlist-url"}} {
+		if c.String(pair[0]) != "" && c.String(pair[1]) != "" {
+			return in, usagef("--%s and --%s exclude each other", pair[0], pair[1])
+		}
+	}
+	in.Checksum = c.String("runtime-policy-checksum")
+	switch {
+	case urls.Policy != "" && in.Checksum == "":
+		return in, usagef("--runtime-policy-url needs --runtime-policy-checksum (the SHA-256 the download must have), as in Keylime's tenant")
+	case c.String("runtime-policy-sig-key") != "" && !policyGiven:
+		return in, usagef("--runtime-policy-sig-key needs --runtime-policy or --runtime-policy-url")
+	case in.Checksum != "" && !policyGiven:
+		return in, usagef("--runtime-policy-checksum needs --runtime-policy or --runtime-policy-url")
+	case c.String("exclude") != "" && !policyGiven && c.String("allowlist") == "" && urls.Allowlist == "":
+		return in, usagef("--exclude needs --allowlist, --allowlist-url, --runtime-policy or --runtime-policy-url")
+	}
+	for _, u := range [][2]string{{"runtime-policy-url", urls.Policy}, {"allowlist-url", urls.Allowlist}} {
+		if u[1] != "" {
+			if _, err := tenant.ParsePolicyURL(u[1]); err != nil {
+				return in, usagef("--%s: %w", u[0], err)
+			}
+		}
+	}
 	for _, f := range []struct {
 		flag string
 		dst  *[]byte
@@ -65,15 +95,19 @@ func readRuntimePolicyInput(c *ucli.Context) (tenant.RuntimePolicyInput, error) 
 			*f.dst = b
 		}
 	}
-	in.Checksum = c.String("runtime-policy-checksum")
-	if in.SigKey != nil && in.Policy == nil {
-		return in, usagef("--runtime-policy-sig-key needs --runtime-policy")
+	if urls == (tenant.PolicyURLs{}) {
+		return in, nil
 	}
-	if in.Checksum != "" && in.Policy == nil {
-		return in, usagef("--runtime-policy-checksum needs --runtime-policy")
+	e, err := setup(c)
+	if err != nil {
+		return in, err
 	}
-	if in.Excludes != nil && in.Policy == nil && in.Allowlist == nil {
-		return in, usagef("--exclude needs --allowlist or --runtime-policy")
+	fetch := tenant.PolicyFetcher{Timeout: e.cfg.Tenant.RequestTimeout.D(), Log: e.log.With().Str("role", "tenant").Logger()}
+	if err := fetch.Download(c.Context, &in, urls); err != nil {
+		if errors.Is(err, tenant.ErrPolicyURL) {
+			return in, usageError{err}
+		}
+		return in, err
 	}
 	return in, nil
 }
@@ -116,7 +150,7 @@ func putRuntimePolicy(update bool) func(*ucli.Context, *tenant.Tenant) error {
 			return err
 		}
 		if in.Empty() {
-			return usagef("tenant %s: give --runtime-policy or --allowlist", c.Command.Name)
+			return usagef("tenant %s: give --runtime-policy, --runtime-policy-url, --allowlist or --allowlist-url", c.Command.Name)
 		}
 		if err := tn.PutRuntimePolicy(c.Context, name, in, update); err != nil {
 			return err

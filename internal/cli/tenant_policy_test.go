@@ -9,10 +9,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,6 +146,102 @@ func TestTenantPolicyCommands(t *testing.T) {
 		decode(t, r, &res)
 		if res.Name != "sum" || res.Kind != "runtime" || res.Action != "deleted" {
 			t.Errorf("delete --json = %+v", res)
+		}
+	})
+
+	t.Run("runtime policy from a URL", func(t *testing.T) {
+		// A real HTTPS server on loopback; the binary trusts its certificate through SSL_CERT_FILE, the
+		// standard way to choose a Go program's system roots on Linux (no test-only knob).
+		var hits atomic.Int32
+		mux := http.NewServeMux()
+		mux.HandleFunc("/policy.json", func(w http.ResponseWriter, _ *http.Request) { hits.Add(1); _, _ = w.Write(polJSON) })
+		mux.HandleFunc("/allowlist.txt", func(w http.ResponseWriter, _ *http.Request) {
+			hits.Add(1)
+			_, _ = w.Write([]byte(strings.Repeat("cd", 32) + "  /usr/bin/env\n"))
+		})
+		ts := httptest.NewUnstartedServer(mux)
+		ts.Config.ErrorLog = log.New(io.Discard, "", 0)
+		ts.StartTLS()
+		t.Cleanup(ts.Close)
+		plain := httptest.NewServer(mux)
+		t.Cleanup(plain.Close)
+		roots := write("server-ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}))
+		trusted := []string{"SSL_CERT_FILE=" + roots, "SSL_CERT_DIR=" + t.TempDir()}
+		tenantEnv := func(env []string, args ...string) result {
+			t.Helper()
+			return run(t, env, append([]string{"--config", conf, "tenant"}, args...)...)
+		}
+		sum := sha256.Sum256(polJSON)
+		sumHex := hex.EncodeToString(sum[:])
+
+		tenantEnv(trusted, "addruntimepolicy", "--name", "url", "--runtime-policy-url", ts.URL+"/policy.json", "--runtime-policy-checksum", sumHex).expect(t, 0, "")
+		r := tenantEnv(nil, "showruntimepolicy", "--name", "url", "--json")
+		r.expect(t, 0, "")
+		var shown struct {
+			RuntimePolicy string `json:"runtime_policy"`
+		}
+		decode(t, r, &shown)
+		if shown.RuntimePolicy != string(polJSON) {
+			t.Fatalf("stored %q, want the downloaded policy %q", shown.RuntimePolicy, polJSON)
+		}
+
+		before := hits.Load()
+		for _, tc := range []struct {
+			name string
+			env  []string
+			args []string
+			code int
+			want string
+		}{
+			{"both file and URL", trusted, []string{"--runtime-policy", polFile, "--runtime-policy-url", ts.URL + "/policy.json", "--runtime-policy-checksum", sumHex}, 2, "exclude each other"},
+			{"both allowlist file and URL", trusted, []string{"--allowlist", polFile, "--allowlist-url", ts.URL + "/allowlist.txt"}, 2, "exclude each other"},
+			{"URL without checksum", trusted, []string{"--runtime-policy-url", ts.URL + "/policy.json"}, 2, "--runtime-policy-checksum"},
+			{"not an http URL", trusted, []string{"--allowlist-url", "file:///etc/passwd"}, 2, "--allowlist-url"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				tenantEnv(tc.env, append([]string{"addruntimepolicy", "--name", "bad"}, tc.args...)...).expect(t, tc.code, tc.want)
+			})
+		}
+		if n := hits.Load() - before; n != 0 {
+			t.Errorf("refused flag combinations fetched %d times", n)
+		}
+		for _, tc := range []struct {
+			name string
+			env  []string
+			args []string
+			code int
+			want string
+		}{
+			{"checksum mismatch", trusted, []string{"--runtime-policy-url", ts.URL + "/policy.json", "--runtime-policy-checksum", strings.Repeat("0", 64)}, 2, "checksum mismatch"},
+			{"404", trusted, []string{"--runtime-policy-url", ts.URL + "/missing.json", "--runtime-policy-checksum", sumHex}, 1, "404 Not Found"},
+			{"certificate not trusted", nil, []string{"--runtime-policy-url", ts.URL + "/policy.json", "--runtime-policy-checksum", sumHex}, 1, "certificate"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				tenantEnv(tc.env, append([]string{"addruntimepolicy", "--name", "bad"}, tc.args...)...).expect(t, tc.code, tc.want)
+			})
+		}
+
+		// Plain http works as in Keylime's tenant; an allowlist (no checksum covers it) gets a warning.
+		r = tenantEnv(nil, "addruntimepolicy", "--name", "plain", "--allowlist-url", plain.URL+"/allowlist.txt")
+		r.expect(t, 0, "")
+		if !strings.Contains(r.stderr, "plain http") {
+			t.Errorf("no warning about the unauthenticated download on stderr: %q", r.stderr)
+		}
+		r = tenantEnv(nil, "addruntimepolicy", "--name", "plainsum", "--runtime-policy-url", plain.URL+"/policy.json", "--runtime-policy-checksum", sumHex)
+		r.expect(t, 0, "")
+		if strings.Contains(r.stderr, "plain http") {
+			t.Errorf("a checksummed download was called unauthenticated: %q", r.stderr)
+		}
+
+		// add downloads before it changes anything: a failed download leaves the agent off the verifier.
+		tenantEnv(trusted, "add", "-u", a.UUID(), "--runtime-policy-url", ts.URL+"/missing.json", "--runtime-policy-checksum", sumHex).expect(t, 1, "404")
+		tenantEnv(nil, "cvstatus", "-u", a.UUID()).expect(t, 1, "not on the verifier")
+
+		if got := list("listruntimepolicy", "runtimepolicy names"); !slices.Equal(got, []string{"plain", "plainsum", "url", "web"}) {
+			t.Fatalf("list = %v", got)
+		}
+		for _, n := range []string{"plain", "plainsum", "url"} {
+			tenant("deleteruntimepolicy", "--name", n).expect(t, 0, "")
 		}
 	})
 
