@@ -7,27 +7,34 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
-)
 
-// madvPageout is Linux's MADV_PAGEOUT (5.4+): reclaim the given pages now, as memory pressure would.
-const madvPageout = 21
+	"golang.org/x/sys/unix"
+)
 
 // ReleaseStartupMemory hands back to the OS what the agent's start-up used and the running agent does
 // not: it is meant to run once, after registration. It collects the start-up garbage and returns the free
-// heap (debug.FreeOSMemory), then asks the kernel to reclaim the pages of the executable's read-only
-// mappings (code, read-only data, function tables) that only this process maps. Start-up runs code the
-// running agent never touches again (the initialisation of every role linked into the binary, the
-// configuration parser, key creation, registration); those pages stay out. What serving the API needs is
-// read back from the page cache or disk on first use and then stays resident as before. It returns the
-// size of the mappings it advised; on a kernel without MADV_PAGEOUT it releases the heap only.
+// heap (debug.FreeOSMemory), then releases the executable's pages (releaseExecutablePages). It returns
+// the size of the mappings it advised; on a kernel without MADV_PAGEOUT it releases the heap only.
 func ReleaseStartupMemory() (advised int, err error) {
 	debug.FreeOSMemory()
 	return releaseExecutablePages()
 }
 
-// releaseExecutablePages applies MADV_PAGEOUT to the read-only mappings of the running executable. The
-// kernel skips pages that another process maps too, so nothing is taken from another process.
+// releaseExecutablePages makes the executable's resident pages what the running agent really uses.
+// Start-up runs code the running agent never touches again (the initialisation of every role linked into
+// the binary, the configuration parser, key creation, registration), and the kernel read far more of the
+// file than that around each page it faulted in. So, for the executable's read-only mappings (code,
+// read-only data, function tables; writable ones hold the program's variables):
+//   - MADV_PAGEOUT reclaims the pages only this process maps, as memory pressure would;
+//   - MADV_RANDOM stops read-ahead, so a page faulted back in is read alone: otherwise the kernel reads
+//     128 KiB around it and maps every cached page of the 64 KiB around it, and the few hundred scattered
+//     pages serving the API would bring most of the binary back;
+//   - POSIX_FADV_DONTNEED drops the file's cached pages that no process maps (those read ahead at
+//     start-up and never used), which would otherwise still be mapped in around a fault.
+//
+// Pages another process maps (a registrar running the same file) are left alone by all three. What
+// serving the API needs is read back on first use, one 4 KiB read per page (a few hundred in all, over
+// the first quotes), and then stays resident as before.
 func releaseExecutablePages() (int, error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -43,15 +50,37 @@ func releaseExecutablePages() (int, error) {
 		if !ok {
 			continue
 		}
-		if _, _, errno := syscall.Syscall(syscall.SYS_MADVISE, start, end-start, madvPageout); errno != 0 {
-			if errors.Is(errno, syscall.EINVAL) && advised == 0 {
+		if err := madvise(start, end, unix.MADV_PAGEOUT); err != nil {
+			if errors.Is(err, unix.EINVAL) && advised == 0 {
 				return 0, nil // kernel older than 5.4: nothing to do
 			}
-			return advised, fmt.Errorf("release executable pages: madvise %x-%x: %w", start, end, errno)
+			return advised, err
+		}
+		if err := madvise(start, end, unix.MADV_RANDOM); err != nil {
+			return advised, err
 		}
 		advised += int(end - start)
 	}
+	if advised == 0 {
+		return 0, nil
+	}
+	f, err := os.Open("/proc/self/exe") // the running file, even if it was replaced since
+	if err != nil {
+		return advised, fmt.Errorf("release executable pages: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		return advised, fmt.Errorf("release executable pages: fadvise: %w", err)
+	}
 	return advised, nil
+}
+
+// madvise applies advice to the mapping [start, end) of this process.
+func madvise(start, end uintptr, advice int) error {
+	if _, _, errno := unix.Syscall(unix.SYS_MADVISE, start, end-start, uintptr(advice)); errno != 0 {
+		return fmt.Errorf("release executable pages: madvise(%d) %x-%x: %w", advice, start, end, errno)
+	}
+	return nil
 }
 
 // readOnlyMapping parses one /proc/self/maps line ("start-end perms offset dev inode path") and reports

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -74,5 +75,32 @@ func TestReleaseExecutablePages(t *testing.T) {
 	}
 	if !isAuthTag(strings.Repeat("ab", 48)) { // code that was paged out runs again
 		t.Error("isAuthTag broken after the release")
+	}
+	// Read-ahead is off for the executable's read-only mappings (VmFlags "rr"), so what faults back in
+	// is what runs.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	random, mappings := 0, 0
+	inExe := false
+	for _, line := range strings.Split(string(smaps), "\n") {
+		if _, _, ok := readOnlyMapping(line, exe); ok {
+			inExe, mappings = true, mappings+1
+			continue
+		}
+		if flags, ok := strings.CutPrefix(line, "VmFlags:"); ok {
+			if inExe && slices.Contains(strings.Fields(flags), "rr") {
+				random++
+			}
+			inExe = false
+		}
+	}
+	if mappings == 0 || random != mappings {
+		t.Errorf("%d of the executable's %d read-only mappings have read-ahead off", random, mappings)
 	}
 }
