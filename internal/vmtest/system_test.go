@@ -50,7 +50,6 @@ func buildKeylime(t *testing.T, dir string) string {
 	return bin
 }
 
-
 // startHost writes the host configuration and starts the registrar and the verifier. The verifier
 // keeps retrying an unreachable agent for two minutes (a reboot under TCG takes well under that).
 func startHost(t *testing.T, bin, dir, certStore string) *hostSystem {
