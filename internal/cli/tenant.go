@@ -473,7 +473,7 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 			return err
 		}
 		opts.RuntimePolicyName = c.String("runtime-policy-name")
-		if opts.MBPolicy, err = readFileFlag(c, "mb-policy"); err != nil {
+		if opts.MBPolicy, err = readMBPolicyFlag(c); err != nil {
 			return err
 		}
 		opts.MBPolicyName = c.String("mb-policy-name")

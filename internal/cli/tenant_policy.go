@@ -9,6 +9,7 @@ import (
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/keylime-go/keylime/internal/config"
 	"github.com/keylime-go/keylime/tenant"
 )
 
@@ -49,7 +50,7 @@ func runtimePolicyFlags() []ucli.Flag {
 }
 
 func mbPolicyFlag() ucli.Flag {
-	return &ucli.StringFlag{Name: "mb-policy", Aliases: []string{"mb_refstate", "mb-refstate"}, Usage: "measured-boot reference state file (Keylime's mb_refstate JSON)"}
+	return &ucli.StringFlag{Name: "mb-policy", Aliases: []string{"mb_refstate", "mb-refstate"}, Usage: "measured-boot reference state file (Keylime's mb_refstate JSON); \"default\": tenant.mb_refstate"}
 }
 
 // readRuntimePolicyInput reads the runtime policy flags; all unset gives an empty input. The flag
@@ -124,6 +125,27 @@ func readFileFlag(c *ucli.Context, flag string) ([]byte, error) {
 	return b, nil
 }
 
+// readMBPolicyFlag reads the --mb-policy file; the value "default" names tenant.mb_refstate, as in
+// Keylime.
+func readMBPolicyFlag(c *ucli.Context) ([]byte, error) {
+	if c.String("mb-policy") != "default" {
+		return readFileFlag(c, "mb-policy")
+	}
+	e, err := setup(c)
+	if err != nil {
+		return nil, err
+	}
+	p := config.Path(e.cfg.Tenant.KeylimeDir, e.cfg.Tenant.MBRefstate)
+	if p == "" {
+		return nil, usagef("--mb-policy default: tenant.mb_refstate is not set")
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, usagef("--mb-policy default (tenant.mb_refstate): %v", err)
+	}
+	return b, nil
+}
+
 func policyNameFlag(c *ucli.Context, flag string) (string, error) {
 	n := c.String(flag)
 	if n == "" {
@@ -165,7 +187,7 @@ func putMBPolicy(update bool) func(*ucli.Context, *tenant.Tenant) error {
 		if err != nil {
 			return err
 		}
-		raw, err := readFileFlag(c, "mb-policy")
+		raw, err := readMBPolicyFlag(c)
 		if err != nil {
 			return err
 		}

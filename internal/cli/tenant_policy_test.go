@@ -276,6 +276,16 @@ func TestTenantPolicyCommands(t *testing.T) {
 			t.Fatalf("show = %q (%v)", shown.MBPolicy, err)
 		}
 		tenant("updatembpolicy", "--name", "vm", "--mb-policy", refFile).expect(t, 0, "")
+		// "default" names tenant.mb_refstate, as in Keylime; unset, it is a usage error.
+		tenant("addmbpolicy", "--name", "dflt", "--mb-policy", "default").expect(t, 2, "tenant.mb_refstate is not set")
+		run(t, nil, "--config", conf, "--set", "tenant.mb_refstate="+refFile, "tenant", "addmbpolicy", "--name", "dflt", "--mb-policy", "default").expect(t, 0, "")
+		r = tenant("showmbpolicy", "--name", "dflt", "--json")
+		r.expect(t, 0, "")
+		decode(t, r, &shown)
+		if shown.MBPolicy != string(refJSON) {
+			t.Fatalf("show of the default refstate = %q", shown.MBPolicy)
+		}
+		tenant("deletembpolicy", "--name", "dflt").expect(t, 0, "")
 		tenant("deletembpolicy", "--name", "vm").expect(t, 0, "")
 		tenant("showmbpolicy", "--name", "vm").expect(t, 1, "not found")
 	})

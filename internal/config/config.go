@@ -109,6 +109,10 @@ type Tenant struct {
 	RetryInterval      Duration `toml:"retry_interval"`
 	ExponentialBackoff bool     `toml:"exponential_backoff"`
 	RequestTimeout     Duration `toml:"request_timeout"`
+
+	// MBRefstate is the measured-boot reference state file that `--mb-policy default` names (relative
+	// to keylime_dir), as Keylime's tenant.mb_refstate.
+	MBRefstate string `toml:"mb_refstate"`
 }
 
 // Agent is the [agent] section: the attested machine.
