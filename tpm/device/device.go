@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -61,6 +63,7 @@ type TPM struct {
 	eks       map[KeyAlg]*EK
 	aks       map[string]*AK          // by hex Name
 	transient map[tpm2.TPMHandle]bool // objects this TPM loaded, flushed on Close
+	busy      atomic.Int64            // nanoseconds spent waiting for the TPM's answers
 }
 
 // Open opens the TPM named by spec: a device path such as "/dev/tpmrm0" (the default when spec is
@@ -93,20 +96,23 @@ func Open(spec string) (*TPM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tpm: %w", err)
 	}
-	tr = retryTPM{tr}
 	t := &TPM{
-		tpm:       tr,
 		spec:      spec,
 		eks:       map[KeyAlg]*EK{},
 		aks:       map[string]*AK{},
 		transient: map[tpm2.TPMHandle]bool{},
 	}
+	t.tpm = retryTPM{tr, &t.busy}
 	if err := t.flushLeaked(); err != nil {
 		_ = tr.Close()
 		return nil, fmt.Errorf("tpm %s: %w", spec, err)
 	}
 	return t, nil
 }
+
+// Busy is the time spent waiting for the TPM's answers since Open, resends included: what a caller's
+// own time on top of it is can be told apart from the TPM's.
+func (t *TPM) Busy() time.Duration { return time.Duration(t.busy.Load()) }
 
 // String returns the spec the TPM was opened with.
 func (t *TPM) String() string { return t.spec }

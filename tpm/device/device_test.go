@@ -215,3 +215,20 @@ func TestConcurrentUse(t *testing.T) {
 		t.Error("PCR 23 unchanged")
 	}
 }
+
+// TestBusy: the time spent waiting for the TPM grows with each command and stays below the caller's
+// wall time.
+func TestBusy(t *testing.T) {
+	_, tpm := open(t)
+	before := tpm.Busy()
+	start := time.Now()
+	for range 5 {
+		if _, err := tpm.PCRRead(tpm2.TPMAlgSHA256, []int{0, 1, 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wall, busy := time.Since(start), tpm.Busy()-before
+	if busy <= 0 || busy > wall {
+		t.Fatalf("busy %v for 5 PCR reads taking %v", busy, wall)
+	}
+}

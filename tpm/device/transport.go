@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -149,13 +150,17 @@ const (
 // maxRetries bounds resending (about 5 s with the backoff below).
 const maxRetries = 16
 
-// retryTPM resends a command while the TPM answers that it could not start it.
+// retryTPM resends a command while the TPM answers that it could not start it, and adds the time each
+// command took, resends included, to busy.
 type retryTPM struct {
 	transport.TPMCloser
+	busy *atomic.Int64
 }
 
 // Send sends cmd, resending with exponential backoff (1 ms to 500 ms) on YIELDED, TESTING and RETRY.
 func (r retryTPM) Send(cmd []byte) ([]byte, error) {
+	start := time.Now()
+	defer func() { r.busy.Add(int64(time.Since(start))) }()
 	delay := time.Millisecond
 	for attempt := 0; ; attempt++ {
 		rsp, err := r.TPMCloser.Send(cmd)
