@@ -31,20 +31,23 @@ const maxFailures = 10
 // stopped; the verifier's context ending stops every poller (stopAll).
 
 // startPolling starts st's poller; v.mu must be held.
-func (v *Verifier) startPolling(st *agentState) { v.startPollingAfter(st, 0) }
+func (v *Verifier) startPolling(st *agentState) { v.startPollingAfter(st, 0, false) }
 
-// startPollingAfter starts st's poller with its first round after delay; v.mu must be held.
-func (v *Verifier) startPollingAfter(st *agentState, delay time.Duration) {
+// startPollingAfter starts st's poller with its first round after delay; v.mu must be held. resumed
+// marks an agent resumed by start, whose first round counts down v.resuming.
+func (v *Verifier) startPollingAfter(st *agentState, delay time.Duration, resumed bool) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if v.ctx == nil || v.ctx.Err() != nil || st.polling {
-		return
+		return false
 	}
 	st.polling, st.stopping = true, false
-	st.poll = pollState{needPubkey: true} // the first quote after (re)start carries the NK (partial=0)
+	// The first quote after (re)start carries the NK (partial=0).
+	st.poll = pollState{needPubkey: true, resumed: resumed}
 	v.wg.Add(1)
 	round := func() { v.round(st) }
 	st.timer = time.AfterFunc(delay, func() { v.workers.run(round) })
+	return true
 }
 
 // round runs one polling round of st and schedules the next, or ends the poller. Rounds keep a fixed
@@ -63,6 +66,10 @@ func (v *Verifier) round(st *agentState) {
 
 	start := time.Now()
 	wait, more := v.step(ctx, st)
+	if st.poll.resumed {
+		st.poll.resumed = false
+		v.resumedRound()
+	}
 
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -82,6 +89,10 @@ func (v *Verifier) round(st *agentState) {
 // no round may be pending or running after it.
 func (v *Verifier) endPolling(st *agentState) {
 	st.polling, st.timer = false, nil
+	if st.poll.resumed { // stopped before its first round
+		st.poll.resumed = false
+		v.resumedRound()
+	}
 	st.tr.CloseIdle() // not polled any more: no connection kept for it
 	if st.stopped != nil {
 		close(st.stopped)
@@ -172,6 +183,8 @@ func (w *workers) work(f func()) {
 type pollState struct {
 	retries, restarts int
 	needPubkey        bool
+	// resumed is set until the first round of an agent resumed by start.
+	resumed bool
 }
 
 // outcome of one attestation round.

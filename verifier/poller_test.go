@@ -3,6 +3,9 @@ package verifier
 import (
 	"encoding/json"
 	"net"
+	"path/filepath"
+	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 )
@@ -91,4 +94,43 @@ func TestShutdownStopsWaitingPollers(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("Serve returned %v after its context ended", d)
 	}
+}
+
+// gcPercent reads the garbage collector's current GOGC.
+func gcPercent(t *testing.T) uint64 {
+	t.Helper()
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		t.Fatal("no /gc/gogc:percent metric")
+	}
+	return s[0].Value.Uint64()
+}
+
+// TestResumeRelaxesGC: a restarted verifier raises GOGC while it resumes its agents and puts it back
+// once every resumed agent had its first round.
+func TestResumeRelaxesGC(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "verifier.db")
+	tv := startVerifier(t, func(c *Config) { c.DBPath = db })
+	if code, env := tv.do(t, "POST", "/v2.1/agents/resumed", addBody(t, hangingAgent(t))); code != 200 {
+		t.Fatalf("add: %d %s", code, env.Status)
+	}
+	tv.stop()
+
+	prev := debug.SetGCPercent(50)
+	t.Cleanup(func() { debug.SetGCPercent(prev) })
+	// The agent never answers: its first round lasts the request timeout.
+	startVerifier(t, func(c *Config) { c.DBPath, c.RequestTimeout = db, 2*time.Second })
+	waitFor := func(want uint64, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for gcPercent(t) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("GOGC %d, want %d", gcPercent(t), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor(restartGCPercent, time.Second)
+	waitFor(50, 10*time.Second)
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,6 +107,10 @@ type Verifier struct {
 	notifier *notifier
 	// flusherOn is set while the flusher runs (routine updates are then left to it).
 	flusherOn atomic.Bool
+	// resuming counts the agents resumed by start that have not had their first round; restoreGC,
+	// when set, puts the GC percent back (relaxGC).
+	resuming  atomic.Int64
+	restoreGC atomic.Pointer[func()]
 	// workers run the polling rounds.
 	workers *workers
 	// mbMask is the PCRs a non-empty measured-boot reference state is judged on (the policy's).
@@ -272,11 +277,58 @@ func (v *Verifier) start(ctx context.Context) {
 	}
 	spread := min(v.cfg.QuoteInterval/2, time.Second)
 	resumed := len(resume)
+	if resumed > 0 {
+		v.resuming.Store(int64(resumed))
+		v.relaxGC()
+	}
 	for i, st := range resume {
-		v.startPollingAfter(st, spread*time.Duration(i)/time.Duration(resumed))
+		if !v.startPollingAfter(st, spread*time.Duration(i)/time.Duration(resumed), true) {
+			v.resumedRound()
+		}
 	}
 	if resumed > 0 {
 		v.log.Info().Int("agents", resumed).Msg("resumed polling")
+	}
+}
+
+// restartGCPercent is the garbage collector's GOGC while a restarted verifier resumes its agents.
+// Resuming builds the whole live heap within a few seconds (every agent's connection, handshake and
+// first quote), and at GOGC=50 the collector runs again and again over the growing heap: a fifth of the
+// verifier's CPU then (profiled with 5,000 agents). The relaxed setting lasts until every resumed agent
+// had its first round (at most resumeGCLimit). With 5,000 agents on 2 cores it took the time until all
+// were polled again from 4.3-5.0 s to 2.5-3.4 s, and the peak RSS meanwhile from 350-370 MB to 400-460
+// MB (the steady state is about 180 MB); GOMEMLIMIT, when set, still bounds it.
+const (
+	restartGCPercent = 250
+	resumeGCLimit    = 30 * time.Second
+)
+
+// relaxGC raises the GC percent for the resume (never lowers it, and leaves GOGC=off alone) and arms
+// the bound on how long it lasts.
+func (v *Verifier) relaxGC() {
+	prev := debug.SetGCPercent(restartGCPercent)
+	if prev < 0 || prev >= restartGCPercent {
+		debug.SetGCPercent(prev)
+		return
+	}
+	var once sync.Once
+	restore := func() {
+		once.Do(func() {
+			debug.SetGCPercent(prev)
+			v.log.Debug().Int("gc_percent", prev).Msg("resume done; garbage collector back to its setting")
+		})
+	}
+	v.restoreGC.Store(&restore)
+	time.AfterFunc(resumeGCLimit, restore)
+}
+
+// resumedRound counts down the agents resumed by start; after the last one's first round the GC
+// percent goes back.
+func (v *Verifier) resumedRound() {
+	if v.resuming.Add(-1) == 0 {
+		if r := v.restoreGC.Load(); r != nil {
+			(*r)()
+		}
 	}
 }
 

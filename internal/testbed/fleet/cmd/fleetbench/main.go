@@ -182,7 +182,9 @@ type Result struct {
 	// CPU seconds the restarted verifier and the fleet spent from the kill until every agent was polled.
 	RestartVerifierCPU float64 `json:"restart_verifier_cpu_s,omitempty"`
 	RestartFleetCPU    float64 `json:"restart_fleet_cpu_s,omitempty"`
-	Profiles           string  `json:"profiles,omitempty"`
+	// RestartHWM is the restarted verifier's peak RSS until every agent was polled.
+	RestartHWM int64  `json:"restart_verifier_rss_peak_bytes,omitempty"`
+	Profiles   string `json:"profiles,omitempty"`
 }
 
 // Millis are percentiles in milliseconds.
@@ -416,10 +418,10 @@ func run(o options) error {
 		defer cancel()
 		var restartProf chan error
 		if pprofAddr != "" {
-			// Profile the restarted verifier from its first moments: loading verifier.db and resuming.
+			// Profile the restarted verifier for its first 5 s: loading verifier.db and resuming.
 			restartProf = make(chan error, 1)
 			go func() {
-				restartProf <- retryFetch(actx, pprofAddr, "/debug/pprof/profile?seconds=15", filepath.Join(o.pprofDir, "restart-cpu.pprof"))
+				restartProf <- retryFetch(actx, pprofAddr, "/debug/pprof/profile?seconds=5", filepath.Join(o.pprofDir, "restart-cpu.pprof"))
 			}()
 		}
 		if err := d.StartVerifier(actx); err != nil {
@@ -432,7 +434,7 @@ func run(o options) error {
 		}
 		r.RestartS = back.Seconds()
 		if u, err := d.Verifier.Usage(); err == nil {
-			r.RestartVerifierCPU = u.CPU.Seconds()
+			r.RestartVerifierCPU, r.RestartHWM = u.CPU.Seconds(), u.HWM
 		}
 		if fleet1, err := fleet.ReadUsage(0); err == nil {
 			r.RestartFleetCPU = (fleet1.CPU - fleet0.CPU).Seconds()
@@ -614,7 +616,7 @@ func printTable(w io.Writer, r *Result) {
 	}
 	if r.RestartS > 0 {
 		rows = append(rows, [2]string{"restart after kill -9", fmt.Sprintf("API up %.2fs, agents polled: half %.2fs, 90%% %.2fs, all %.2fs", r.RestartAPIS, r.RestartP50S, r.RestartP90S, r.RestartS)},
-			[2]string{"CPU until all polled", fmt.Sprintf("verifier %.2fs, fleet %.2fs", r.RestartVerifierCPU, r.RestartFleetCPU)})
+			[2]string{"CPU until all polled", fmt.Sprintf("verifier %.2fs, fleet %.2fs; verifier peak RSS %s", r.RestartVerifierCPU, r.RestartFleetCPU, mb(r.RestartHWM))})
 	}
 	if r.Profiles != "" {
 		rows = append(rows, [2]string{"profiles", r.Profiles})
