@@ -29,10 +29,10 @@ import (
 	"net/http"
 	_ "net/http/pprof" // served by -exec-keylime
 	"os"
-	"runtime/debug"
-	"runtime/pprof"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"text/tabwriter"
