@@ -296,7 +296,7 @@ func (v *Verifier) start(ctx context.Context) {
 // first quote), and at GOGC=50 the collector runs again and again over the growing heap: a fifth of the
 // verifier's CPU then (profiled with 5,000 agents). The relaxed setting lasts until every resumed agent
 // had its first round (at most resumeGCLimit). With 5,000 agents on 2 cores it took the time until all
-// were polled again from 4.3-5.0 s to 2.5-3.4 s, and the peak RSS meanwhile from 350-370 MB to 400-460
+// were polled again from 4.3-5.0 s to 2.5-3.7 s, and the peak RSS meanwhile from 350-370 MB to 400-460
 // MB (the steady state is about 180 MB); GOMEMLIMIT, when set, still bounds it.
 const (
 	restartGCPercent = 250
