@@ -185,41 +185,36 @@ func TestTenantPolicyCommands(t *testing.T) {
 			t.Fatalf("stored %q, want the downloaded policy %q", shown.RuntimePolicy, polJSON)
 		}
 
-		before := hits.Load()
-		for _, tc := range []struct {
+		// refused runs addruntimepolicy with each case's flags and expects its exit code and message.
+		type refusal struct {
 			name string
 			env  []string
 			args []string
 			code int
 			want string
-		}{
+		}
+		refused := func(cases []refusal) {
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) {
+					tenantEnv(tc.env, append([]string{"addruntimepolicy", "--name", "bad"}, tc.args...)...).expect(t, tc.code, tc.want)
+				})
+			}
+		}
+		before := hits.Load()
+		refused([]refusal{
 			{"both file and URL", trusted, []string{"--runtime-policy", polFile, "--runtime-policy-url", ts.URL + "/policy.json", "--runtime-policy-checksum", sumHex}, 2, "exclude each other"},
 			{"both allowlist file and URL", trusted, []string{"--allowlist", polFile, "--allowlist-url", ts.URL + "/allowlist.txt"}, 2, "exclude each other"},
 			{"URL without checksum", trusted, []string{"--runtime-policy-url", ts.URL + "/policy.json"}, 2, "--runtime-policy-checksum"},
 			{"not an http URL", trusted, []string{"--allowlist-url", "file:///etc/passwd"}, 2, "--allowlist-url"},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				tenantEnv(tc.env, append([]string{"addruntimepolicy", "--name", "bad"}, tc.args...)...).expect(t, tc.code, tc.want)
-			})
-		}
+		})
 		if n := hits.Load() - before; n != 0 {
 			t.Errorf("refused flag combinations fetched %d times", n)
 		}
-		for _, tc := range []struct {
-			name string
-			env  []string
-			args []string
-			code int
-			want string
-		}{
+		refused([]refusal{
 			{"checksum mismatch", trusted, []string{"--runtime-policy-url", ts.URL + "/policy.json", "--runtime-policy-checksum", strings.Repeat("0", 64)}, 2, "checksum mismatch"},
 			{"404", trusted, []string{"--runtime-policy-url", ts.URL + "/missing.json", "--runtime-policy-checksum", sumHex}, 1, "404 Not Found"},
 			{"certificate not trusted", nil, []string{"--runtime-policy-url", ts.URL + "/policy.json", "--runtime-policy-checksum", sumHex}, 1, "certificate"},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				tenantEnv(tc.env, append([]string{"addruntimepolicy", "--name", "bad"}, tc.args...)...).expect(t, tc.code, tc.want)
-			})
-		}
+		})
 
 		// Plain http works as in Keylime's tenant; an allowlist (no checksum covers it) gets a warning.
 		r = tenantEnv(nil, "addruntimepolicy", "--name", "plain", "--allowlist-url", plain.URL+"/allowlist.txt")
