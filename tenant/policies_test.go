@@ -10,15 +10,14 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keylime-go/keylime/internal/testbed"
 	"github.com/keylime-go/keylime/policy"
 	"github.com/keylime-go/keylime/policy/ima"
-	"github.com/keylime-go/keylime/policy/mb"
 	"github.com/keylime-go/keylime/tenant"
 )
 
@@ -387,24 +386,7 @@ func TestNamedPolicies(t *testing.T) {
 
 // ovmfRefState is the reference state generated from the captured OVMF boot log.
 func ovmfRefState(t *testing.T) []byte {
-	t.Helper()
-	raw, err := os.ReadFile("../testdata/vm-ovmf-ima-ng/binary_bios_measurements")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := mb.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, _, err := mb.Generate(l, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := json.Marshal(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return testbed.RefStateJSON(t, "../testdata/vm-ovmf-ima-ng/binary_bios_measurements")
 }
 
 // FuzzPrepareRuntimePolicy: arbitrary policy, allowlist and exclude bytes never crash the local check,

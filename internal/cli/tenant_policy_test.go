@@ -241,19 +241,7 @@ func TestTenantPolicyCommands(t *testing.T) {
 	})
 
 	t.Run("measured-boot policies", func(t *testing.T) {
-		raw, err := os.ReadFile("../../testdata/vm-ovmf-ima-ng/binary_bios_measurements")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := mb.Parse(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ref, _, err := mb.Generate(l, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		refJSON, _ := json.Marshal(ref)
+		refJSON := testbed.RefStateJSON(t, "../../testdata/vm-ovmf-ima-ng/binary_bios_measurements")
 		refFile := write("refstate.json", refJSON)
 		tenant("addmbpolicy", "--mb-policy-name", "vm", "--mb-policy", refFile).expect(t, 0, "")
 		tenant("addmbpolicy", "--name", "vm", "--mb_refstate", refFile).expect(t, 1, "already exists")

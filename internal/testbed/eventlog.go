@@ -2,9 +2,12 @@ package testbed
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
+	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/keylime-go/keylime/policy/mb"
@@ -123,4 +126,27 @@ func bankNames(bs []tpm2.TPMAlgID) string {
 		names = append(names, mb.BankName(b))
 	}
 	return strings.Join(names, ",")
+}
+
+// RefStateJSON is the measured-boot reference state that `keylime policy create measured-boot
+// --without-secureboot` makes from the UEFI event log at path, as JSON.
+func RefStateJSON(t testing.TB, path string) []byte {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := mb.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, err := mb.Generate(l, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.Marshal(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
