@@ -51,7 +51,6 @@ func keylimeBinary(t *testing.T) string {
 	return binPath
 }
 
-func freePort(t *testing.T) int { return testbed.FreePort(t) }
 
 // proc is a keylime process started by a test.
 type proc struct {
@@ -98,7 +97,7 @@ func TestBinaryKill9(t *testing.T) {
 	testbed.RequireSWTPM(t)
 	dir := t.TempDir()
 	sw := testbed.StartSWTPM(t)
-	regPort, regTLS, verPort, agentPort := freePort(t), freePort(t), freePort(t), freePort(t)
+	regPort, regTLS, verPort, agentPort := testbed.FreePort(t), testbed.FreePort(t), testbed.FreePort(t), testbed.FreePort(t)
 	conf := fmt.Sprintf(`
 [registrar]
 keylime_dir = %[1]q

@@ -38,10 +38,10 @@ func TestDemoScript(t *testing.T) {
 		"KEYLIME_BIN="+bin,
 		"DEMO_DIR="+dir,
 		"KEEP=1", // the logs stay for the failure report; t.TempDir removes them
-		"DEMO_REGISTRAR_PORT="+strconv.Itoa(freePort(t)),
-		"DEMO_REGISTRAR_TLS_PORT="+strconv.Itoa(freePort(t)),
-		"DEMO_VERIFIER_PORT="+strconv.Itoa(freePort(t)),
-		"DEMO_AGENT_PORT="+strconv.Itoa(freePort(t)),
+		"DEMO_REGISTRAR_PORT="+strconv.Itoa(testbed.FreePort(t)),
+		"DEMO_REGISTRAR_TLS_PORT="+strconv.Itoa(testbed.FreePort(t)),
+		"DEMO_VERIFIER_PORT="+strconv.Itoa(testbed.FreePort(t)),
+		"DEMO_AGENT_PORT="+strconv.Itoa(testbed.FreePort(t)),
 	)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
