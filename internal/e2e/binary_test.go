@@ -51,7 +51,6 @@ func keylimeBinary(t *testing.T) string {
 	return binPath
 }
 
-
 // proc is a keylime process started by a test.
 type proc struct {
 	cmd  *exec.Cmd
