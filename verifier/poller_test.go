@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
 	"testing"
 	"time"
 )
@@ -133,4 +134,92 @@ func TestResumeRelaxesGC(t *testing.T) {
 	}
 	waitFor(restartGCPercent, time.Second)
 	waitFor(50, 10*time.Second)
+}
+
+// TestResumeGate: at most slots rounds run at once, and a round that does not end gives its slot up
+// after hold.
+func TestResumeGate(t *testing.T) {
+	const slots, n = 3, 20
+	var (
+		mu         sync.Mutex
+		running    int
+		maxRunning int
+		started    int
+		hung       = make(chan struct{})
+	)
+	g := newResumeGate(slots, 50*time.Millisecond, func(f func()) { go f() })
+	for i := range n {
+		g.enter(func() {
+			mu.Lock()
+			running++
+			started++
+			maxRunning = max(maxRunning, running)
+			mu.Unlock()
+			if i < slots { // the first rounds hang: the rest start only as their slots are handed on
+				<-hung
+			} else {
+				time.Sleep(5 * time.Millisecond)
+			}
+			mu.Lock()
+			running--
+			mu.Unlock()
+		})
+	}
+	waitGate(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return started == n
+	}, "every round started")
+	close(hung)
+	waitGate(t, func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.free == slots && g.queue == nil
+	}, "every slot free and the queue gone")
+	mu.Lock()
+	defer mu.Unlock()
+	// The hung rounds, and the rounds their slots were handed on to.
+	if maxRunning > 2*slots {
+		t.Errorf("%d rounds ran at once, want at most %d", maxRunning, 2*slots)
+	}
+}
+
+// TestResumeGateOrder: queued rounds run in the order they came.
+func TestResumeGateOrder(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		order []int
+	)
+	g := newResumeGate(1, time.Minute, func(f func()) { go f() })
+	const n = 50
+	for i := range n {
+		g.enter(func() {
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+		})
+	}
+	waitGate(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(order) == n
+	}, "every round ran")
+	mu.Lock()
+	defer mu.Unlock()
+	for i, got := range order {
+		if got != i {
+			t.Fatalf("rounds ran in order %v", order)
+		}
+	}
+}
+
+func waitGate(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not reached within 10s: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

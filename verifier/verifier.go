@@ -111,6 +111,8 @@ type Verifier struct {
 	// when set, puts the GC percent back (relaxGC).
 	resuming  atomic.Int64
 	restoreGC atomic.Pointer[func()]
+	// resumeGate paces the first rounds of the agents resumed by start.
+	resumeGate *resumeGate
 	// workers run the polling rounds.
 	workers *workers
 	// mbMask is the PCRs a non-empty measured-boot reference state is judged on (the policy's).
@@ -267,7 +269,8 @@ func (v *Verifier) start(ctx context.Context) {
 		v.notifier.run(ctx)
 	}()
 	// Resumed agents are spread over half a quote interval (at most a second) instead of all
-	// handshaking at once: a restarted verifier with thousands of agents stays responsive.
+	// handshaking at once, and their first rounds pass the resume gate: a restarted verifier with
+	// thousands of agents stays responsive and its memory bounded.
 	var resume []*agentState
 	for _, st := range v.agents {
 		if resumable(st.rec.State) {
@@ -280,6 +283,7 @@ func (v *Verifier) start(ctx context.Context) {
 	if resumed > 0 {
 		v.resuming.Store(int64(resumed))
 		v.relaxGC()
+		v.resumeGate = newResumeGate(resumeSlotsPerCPU*runtime.GOMAXPROCS(0), resumeHold, v.workers.run)
 	}
 	for i, st := range resume {
 		if !v.startPollingAfter(st, spread*time.Duration(i)/time.Duration(resumed), true) {
