@@ -321,10 +321,7 @@ func (t *Tenant) agentClient(id string, rec *api.RegistrarAgent, ip string, port
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w %s: registrar's mtls_cert: %w", ErrAgentContact, id, err)
 	}
-	conf, err := transport.PinnedClientConfig(&t.cfg.TLS.Cert, cert)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w %s: registrar's mtls_cert: %w", ErrAgentContact, id, err)
-	}
+	conf := transport.PinnedClientConfig(&t.cfg.TLS.Cert, cert)
 	hc := transport.NewHTTPClient(conf, t.cfg.RequestTimeout)
 	return client.NewAgent(hc, "https://"+addr, api.CurrentVersion), hc, nil
 }

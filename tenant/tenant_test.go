@@ -411,10 +411,7 @@ func TestIdentityQuoteTampered(t *testing.T) {
 
 	// A genuine quote of this agent over another nonce, to replay.
 	cl := b.s.ClientTLS()
-	conf, err := transport.PinnedClientConfig(&cl.Cert, cert.Leaf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := transport.PinnedClientConfig(&cl.Cert, cert.Leaf)
 	direct := client.NewAgent(transport.NewHTTPClient(conf, 5*time.Second), "https://127.0.0.1:"+strconv.Itoa(a.Port), api.CurrentVersion)
 	old, err := direct.IdentityQuote(ctx, "0ldn0nce0ldn0nce0ldn")
 	if err != nil {

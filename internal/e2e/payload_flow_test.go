@@ -52,10 +52,7 @@ func startKeyProxy(t *testing.T, s *System, a *Agent, drop string) *keyProxy {
 		t.Fatal(err)
 	}
 	cl := s.ClientTLS()
-	up, err := transport.PinnedClientConfig(&cl.Cert, cert.Leaf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	up := transport.PinnedClientConfig(&cl.Cert, cert.Leaf)
 	hc := transport.NewHTTPClient(up, 10*time.Second)
 	upstream := "https://127.0.0.1:" + itoa(a.Port)
 	p := &keyProxy{drop: drop, bodies: map[string][][]byte{}, hits: map[string]int{}}

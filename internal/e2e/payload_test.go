@@ -36,10 +36,7 @@ func agentClient(t *testing.T, s *System, a *Agent) *client.Agent {
 		t.Fatal(err)
 	}
 	cl := s.ClientTLS()
-	conf, err := transport.PinnedClientConfig(&cl.Cert, cert.Leaf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := transport.PinnedClientConfig(&cl.Cert, cert.Leaf)
 	return client.NewAgent(transport.NewHTTPClient(conf, 5*time.Second), "https://127.0.0.1:"+itoa(a.Port), api.CurrentVersion)
 }
 

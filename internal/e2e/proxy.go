@@ -58,10 +58,7 @@ func (p *Proxy) SetUpstream(t testing.TB, s *System, a *Agent) {
 	}
 	leaf := cert.Leaf
 	cl := s.ClientTLS()
-	conf, err := transport.PinnedClientConfig(&cl.Cert, leaf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := transport.PinnedClientConfig(&cl.Cert, leaf)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.upstream = "https://127.0.0.1:" + strconv.Itoa(a.Port)

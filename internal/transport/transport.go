@@ -86,56 +86,53 @@ var ErrPinMismatch = errors.New("server certificate does not match the pinned ce
 // PinnedClientConfig returns the TLS configuration of a client that accepts exactly one server
 // certificate, pinned (an agent's self-signed certificate as recorded at registration), whatever host name
 // or address it is reached at. The certificate must still be within its validity period.
-func PinnedClientConfig(cert *tls.Certificate, pinned *x509.Certificate) (*tls.Config, error) {
+func PinnedClientConfig(cert *tls.Certificate, pinned *x509.Certificate) *tls.Config {
 	c := &tls.Config{MinVersion: tls.VersionTLS12}
-	if err := pin(c, pinned); err != nil {
-		return nil, err
-	}
+	pin(c, pinned.Raw)
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
-	return c, nil
+	return c
 }
 
-// errNoSAN is returned for a certificate to pin that names no host or address.
-var errNoSAN = errors.New("pinned certificate has no subjectAltName to verify against")
-
-// pin makes c accept exactly the certificate pinned: it is the only root, it is verified against a name
-// it carries (the pin, not the address, is the identity), and the peer must present it byte for byte.
-func pin(c *tls.Config, pinned *x509.Certificate) error {
-	name := pinnedServerName(pinned)
-	if name == "" {
-		return errNoSAN
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(pinned)
-	c.RootCAs, c.ServerName = roots, name
+// pin makes c accept exactly the certificate whose DER is pinned, within its validity period. The pin
+// is the identity: no chain is built and no host name checked (the agent is reached at whatever address
+// it registered, and its certificate need not name it), which is what InsecureSkipVerify turns off
+// here. The handshake still proves that the server holds the certificate's key (TLS 1.3
+// CertificateVerify, TLS 1.2 the signed key exchange), and VerifyConnection sees resumed sessions too.
+// Nothing of the certificate is parsed per connection beyond what the handshake parses.
+func pin(c *tls.Config, pinned []byte) {
+	c.InsecureSkipVerify = true
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, pinned.Raw) {
+		if len(cs.PeerCertificates) == 0 || !bytes.Equal(cs.PeerCertificates[0].Raw, pinned) {
 			return ErrPinMismatch
+		}
+		leaf := cs.PeerCertificates[0]
+		if now := time.Now(); now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+			return x509.CertificateInvalidError{Cert: leaf, Reason: x509.Expired,
+				Detail: fmt.Sprintf("the pinned certificate is valid from %s to %s",
+					leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))}
 		}
 		return nil
 	}
-	return nil
 }
 
-func pinnedServerName(c *x509.Certificate) string {
-	if len(c.DNSNames) > 0 {
-		return c.DNSNames[0]
-	}
-	if len(c.IPAddresses) > 0 {
-		return c.IPAddresses[0].String()
-	}
-	return ""
-}
-
-// ParseCertPEM parses the first certificate of a PEM text.
-func ParseCertPEM(s string) (*x509.Certificate, error) {
+// CertPEMDER returns the DER of the first certificate of a PEM text, without parsing it.
+func CertPEMDER(s string) ([]byte, error) {
 	blk, _ := pem.Decode([]byte(s))
 	if blk == nil || blk.Type != "CERTIFICATE" {
 		return nil, errors.New("not a PEM certificate")
 	}
-	return x509.ParseCertificate(blk.Bytes)
+	return blk.Bytes, nil
+}
+
+// ParseCertPEM parses the first certificate of a PEM text.
+func ParseCertPEM(s string) (*x509.Certificate, error) {
+	der, err := CertPEMDER(s)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
 }
 
 // NewServer returns an http.Server with sane timeouts for h; tlsConf nil means plain HTTP.

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -106,7 +105,9 @@ func TestMutualTLS(t *testing.T) {
 }
 
 // selfSigned makes an agent-like self-signed certificate.
-func selfSigned(t testing.TB, cn string) (tls.Certificate, *x509.Certificate) {
+// selfSigned makes a self-signed certificate for localhost and 10.1.2.3, valid for an hour either side
+// of now, changed by edit.
+func selfSigned(t testing.TB, cn string, edit ...func(*x509.Certificate)) (tls.Certificate, *x509.Certificate) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -114,6 +115,9 @@ func selfSigned(t testing.TB, cn string) (tls.Certificate, *x509.Certificate) {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:    []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("10.1.2.3")},
+	}
+	for _, e := range edit {
+		e(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
@@ -131,27 +135,31 @@ func TestPinnedCertificate(t *testing.T) {
 	url := serve(t, ServerConfig(agentPair, pool(t, dir), RequireClientCert))
 	client := pair(t, dir, "client")
 
-	good, err := PinnedClientConfig(&client, agentCert)
-	if err != nil {
-		t.Fatal(err)
-	}
+	good := PinnedClientConfig(&client, agentCert)
 	if err := get(good, url); err != nil {
 		t.Fatalf("pinned cert refused: %v", err)
 	}
-	bad, err := PinnedClientConfig(&client, impostorCert)
-	if err != nil {
-		t.Fatal(err)
+	bad := PinnedClientConfig(&client, impostorCert)
+	if err := get(bad, url); !errors.Is(err, ErrPinMismatch) {
+		t.Fatalf("a certificate other than the pinned one: %v, want %v", err, ErrPinMismatch)
 	}
-	err = get(bad, url)
-	if err == nil {
-		t.Fatal("a certificate other than the pinned one was accepted")
+
+	// A certificate that names no host or address, with no key usage: the pin alone decides.
+	bare, bareCert := selfSigned(t, "agent-2", func(c *x509.Certificate) {
+		c.DNSNames, c.IPAddresses, c.ExtKeyUsage = nil, nil, nil
+	})
+	if err := get(PinnedClientConfig(&client, bareCert), serve(t, ServerConfig(bare, pool(t, dir), RequireClientCert))); err != nil {
+		t.Fatalf("pinned certificate without subjectAltName refused: %v", err)
 	}
-	if !strings.Contains(err.Error(), "certificate") {
-		t.Errorf("unexpected error: %v", err)
-	}
-	noSAN := &x509.Certificate{}
-	if _, err := PinnedClientConfig(&client, noSAN); err == nil {
-		t.Error("a certificate without subjectAltName was accepted for pinning")
+
+	// The pinned certificate itself, expired.
+	expired, expiredCert := selfSigned(t, "agent-3", func(c *x509.Certificate) {
+		c.NotBefore, c.NotAfter = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)
+	})
+	err := get(PinnedClientConfig(&client, expiredCert), serve(t, ServerConfig(expired, pool(t, dir), RequireClientCert)))
+	var invalid x509.CertificateInvalidError
+	if !errors.As(err, &invalid) || invalid.Reason != x509.Expired {
+		t.Fatalf("expired pinned certificate: %v, want an x509.CertificateInvalidError for expiry", err)
 	}
 }
 

@@ -202,10 +202,7 @@ func (s *hostSystem) agentClient(ag *api.RegistrarAgent, url string) *client.Age
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	tc, err := transport.PinnedClientConfig(&s.mat.Cert, pinned)
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	tc := transport.PinnedClientConfig(&s.mat.Cert, pinned)
 	c := client.NewAgent(transport.NewHTTPClient(tc, 60*time.Second), url, api.CurrentVersion)
 	v, err := c.Version(s.t.Context())
 	if err != nil {

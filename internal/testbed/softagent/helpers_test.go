@@ -95,10 +95,7 @@ func startAgent(t testing.TB, m *transport.Material, cfg softagent.Config) *soft
 // certificate, as the verifier does.
 func dial(t testing.TB, a *softagent.Agent, m *transport.Material, version string) *client.Agent {
 	t.Helper()
-	conf, err := transport.PinnedClientConfig(&m.Cert, a.Cert())
-	if err != nil {
-		t.Fatal(err)
-	}
+	conf := transport.PinnedClientConfig(&m.Cert, a.Cert())
 	hc := transport.NewHTTPClient(conf, 10*time.Second)
 	t.Cleanup(hc.CloseIdleConnections)
 	return client.NewAgent(hc, a.URL(), version)
