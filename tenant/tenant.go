@@ -68,8 +68,11 @@ type Config struct {
 	// the attempt number (Keylime's retry_time: only when it is above one second).
 	RetryInterval      time.Duration
 	ExponentialBackoff bool
-	// RequestTimeout bounds each HTTP request.
+	// RequestTimeout bounds each HTTP request, policy downloads included.
 	RequestTimeout time.Duration
+	// MBRefstate is the measured-boot reference state file that --mb-policy default names
+	// (tenant.mb_refstate); empty when none is configured.
+	MBRefstate string
 	// Log receives warnings (e.g. regcount > 1, EK checks disabled) and debug detail.
 	Log zerolog.Logger
 }
@@ -117,6 +120,15 @@ func New(cfg Config) (*Tenant, error) {
 
 // Close releases idle connections.
 func (t *Tenant) Close() { t.hc.CloseIdleConnections() }
+
+// PolicyFetcher returns the downloader of runtime policies and allowlists given by URL, bounded by
+// the tenant's request timeout and logging to its log.
+func (t *Tenant) PolicyFetcher() PolicyFetcher {
+	return PolicyFetcher{Timeout: t.cfg.RequestTimeout, Log: t.cfg.Log}
+}
+
+// MBRefstate is the configured default measured-boot reference state file (empty when none is).
+func (t *Tenant) MBRefstate() string { return t.cfg.MBRefstate }
 
 // verifierClient returns the verifier client, negotiating the API version on first use.
 func (t *Tenant) verifierClient(ctx context.Context) (*client.Verifier, error) {

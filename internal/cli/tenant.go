@@ -197,6 +197,7 @@ func newTenant(c *ucli.Context) (*tenant.Tenant, error) {
 		RetryInterval:      tc.RetryInterval.D(),
 		ExponentialBackoff: tc.ExponentialBackoff,
 		RequestTimeout:     tc.RequestTimeout.D(),
+		MBRefstate:         config.Path(tc.KeylimeDir, tc.MBRefstate),
 		Log:                log,
 	})
 	if err != nil {
@@ -469,11 +470,11 @@ func tenantAdd(update bool) func(*ucli.Context, *tenant.Tenant) error {
 				return err
 			}
 		}
-		if opts.RuntimePolicy, err = readRuntimePolicyInput(c); err != nil {
+		if opts.RuntimePolicy, err = readRuntimePolicyInput(c, tn); err != nil {
 			return err
 		}
 		opts.RuntimePolicyName = c.String("runtime-policy-name")
-		if opts.MBPolicy, err = readMBPolicyFlag(c); err != nil {
+		if opts.MBPolicy, err = readMBPolicyFlag(c, tn); err != nil {
 			return err
 		}
 		opts.MBPolicyName = c.String("mb-policy-name")

@@ -9,7 +9,6 @@ import (
 
 	ucli "github.com/urfave/cli/v2"
 
-	"github.com/keylime-go/keylime/internal/config"
 	"github.com/keylime-go/keylime/tenant"
 )
 
@@ -55,9 +54,9 @@ func mbPolicyFlag() ucli.Flag {
 
 // readRuntimePolicyInput reads the runtime policy flags; all unset gives an empty input. The flag
 // combinations are checked first (Keylime's get_opts_error), then files are read and URLs downloaded
-// (tenant.request_timeout, the system roots, 64 MiB at most); a download error exits 1, a bad
+// (tn's request timeout, the system roots, 64 MiB at most); a download error exits 1, a bad
 // combination or URL 2, and either way before anything reaches the verifier.
-func readRuntimePolicyInput(c *ucli.Context) (tenant.RuntimePolicyInput, error) {
+func readRuntimePolicyInput(c *ucli.Context, tn *tenant.Tenant) (tenant.RuntimePolicyInput, error) {
 	var in tenant.RuntimePolicyInput
 	urls := tenant.PolicyURLs{Policy: c.String("runtime-policy-url"), Allowlist: c.String("allowlist-url")}
 	policyGiven := c.String("runtime-policy") != "" || urls.Policy != ""
@@ -99,11 +98,7 @@ func readRuntimePolicyInput(c *ucli.Context) (tenant.RuntimePolicyInput, error) 
 	if urls == (tenant.PolicyURLs{}) {
 		return in, nil
 	}
-	e, err := setup(c)
-	if err != nil {
-		return in, err
-	}
-	fetch := tenant.PolicyFetcher{Timeout: e.cfg.Tenant.RequestTimeout.D(), Log: e.log.With().Str("role", "tenant").Logger()}
+	fetch := tn.PolicyFetcher()
 	if err := fetch.Download(c.Context, &in, urls); err != nil {
 		if errors.Is(err, tenant.ErrPolicyURL) {
 			return in, usageError{err}
@@ -127,15 +122,11 @@ func readFileFlag(c *ucli.Context, flag string) ([]byte, error) {
 
 // readMBPolicyFlag reads the --mb-policy file; the value "default" names tenant.mb_refstate, as in
 // Keylime.
-func readMBPolicyFlag(c *ucli.Context) ([]byte, error) {
+func readMBPolicyFlag(c *ucli.Context, tn *tenant.Tenant) ([]byte, error) {
 	if c.String("mb-policy") != "default" {
 		return readFileFlag(c, "mb-policy")
 	}
-	e, err := setup(c)
-	if err != nil {
-		return nil, err
-	}
-	p := config.Path(e.cfg.Tenant.KeylimeDir, e.cfg.Tenant.MBRefstate)
+	p := tn.MBRefstate()
 	if p == "" {
 		return nil, usagef("--mb-policy default: tenant.mb_refstate is not set")
 	}
@@ -167,7 +158,7 @@ func putRuntimePolicy(update bool) func(*ucli.Context, *tenant.Tenant) error {
 		if err != nil {
 			return err
 		}
-		in, err := readRuntimePolicyInput(c)
+		in, err := readRuntimePolicyInput(c, tn)
 		if err != nil {
 			return err
 		}
@@ -187,7 +178,7 @@ func putMBPolicy(update bool) func(*ucli.Context, *tenant.Tenant) error {
 		if err != nil {
 			return err
 		}
-		raw, err := readMBPolicyFlag(c)
+		raw, err := readMBPolicyFlag(c, tn)
 		if err != nil {
 			return err
 		}
