@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -419,7 +420,7 @@ func (v *Verifier) setState(st *agentState, state int) {
 // only mark the agent dirty (an atomic flag, no lock shared between pollers) and are written with every
 // other dirty agent's by the flusher, so no poll waits for the disk or for another poll.
 func (v *Verifier) persist(st *agentState, immediate bool) {
-	if !immediate && v.flusherOn.Load() {
+	if (!immediate || v.storeDown.failing()) && v.flusherOn.Load() {
 		st.dirty.Store(true)
 		return
 	}
@@ -452,8 +453,14 @@ func (v *Verifier) flusher(ctx context.Context) {
 const routineWriteEvery = 10 * time.Second
 
 // flush writes the dirty agents last written at least routineWriteEvery ago (every dirty agent when
-// all is set, at shutdown).
+// all is set, at shutdown). While the disk fails it only tries again when storeDown says so, and then
+// writes every dirty agent.
 func (v *Verifier) flush(all bool) {
+	if retry, due := v.storeDown.due(time.Now()); !due && !all {
+		return
+	} else if retry {
+		all = true
+	}
 	v.mu.Lock()
 	sts := make([]*agentState, 0, len(v.agents))
 	for _, st := range v.agents {
@@ -512,11 +519,7 @@ func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 	if len(items) == 0 {
 		return
 	}
-	write := v.db.Update
-	if coalesce {
-		write = v.db.Batch
-	}
-	err := write(func(tx *store.Tx) error {
+	err := v.writeTx(coalesce, func(tx *store.Tx) error {
 		for _, it := range items {
 			// A concurrent delete wins: never resurrect a deleted agent.
 			if ok, err := tx.Has(bucketAgents, []byte(it.id)); err != nil || !ok {
@@ -534,7 +537,7 @@ func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 		return nil
 	})
 	if err != nil {
-		v.log.Error().Err(err).Int("agents", len(items)).Msg("cannot save agent state")
+		v.storeDown.failed(v.log, err, len(items))
 		for _, it := range items {
 			it.st.mu.Lock()
 			it.st.storedState = -1 // unknown: the next state is written at once
@@ -543,6 +546,7 @@ func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 		}
 		return
 	}
+	v.storeDown.succeeded(v.log, len(items))
 	// Saved sessions leave memory; a connection that needs one reads it back.
 	for _, it := range items {
 		if it.session != nil {
@@ -552,6 +556,74 @@ func (v *Verifier) writeRecords(sts []*agentState, coalesce bool) {
 			it.st.tr.DropSession(it.gen)
 		}
 	}
+}
+
+// storeDown keeps a failing disk (full, read-only, gone) from turning every attestation into a failed
+// write and an error line: after a write fails, state changes too are left to the flusher, which
+// tries again after 250 ms, then twice as long each time up to 10 s, and then writes every dirty agent
+// in one transaction. The failure is logged when it starts, every 30 s while it lasts (with the number
+// of failed writes) and when writes succeed again. Polling goes on meanwhile; what a crash would lose
+// is only what has not reached the disk yet.
+type storeDown struct {
+	mu       sync.Mutex
+	since    time.Time // when writes started to fail; zero while they succeed
+	failures int       // failed writes since then
+	delay    time.Duration
+	retryAt  time.Time
+	logged   time.Time
+	down     atomic.Bool // since is set (read without mu on every persist)
+}
+
+const (
+	storeRetryMin  = flushInterval
+	storeRetryMax  = 10 * time.Second
+	storeLogRepeat = 30 * time.Second
+)
+
+func (d *storeDown) failing() bool { return d.down.Load() }
+
+// due reports whether the flusher should write now: always while writes succeed (retry false), and
+// while they fail once the retry delay has passed (retry true).
+func (d *storeDown) due(now time.Time) (retry, due bool) {
+	if !d.down.Load() {
+		return false, true
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return true, !now.Before(d.retryAt)
+}
+
+func (d *storeDown) failed(log zerolog.Logger, err error, agents int) {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failures++
+	if d.since.IsZero() {
+		d.since, d.delay, d.logged = now, storeRetryMin, now
+		d.down.Store(true)
+		log.Error().Err(err).Int("agents", agents).Msg("cannot save agent state; polling goes on and the writes are retried")
+	} else {
+		d.delay = min(2*d.delay, storeRetryMax)
+		if now.Sub(d.logged) >= storeLogRepeat {
+			d.logged = now
+			log.Error().Err(err).Int("failed_writes", d.failures).Time("since", d.since).Msg("still cannot save agent state")
+		}
+	}
+	d.retryAt = now.Add(d.delay)
+}
+
+func (d *storeDown) succeeded(log zerolog.Logger, agents int) {
+	if !d.down.Load() {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.since.IsZero() {
+		return
+	}
+	log.Warn().Int("failed_writes", d.failures).Dur("after", time.Since(d.since)).Int("agents", agents).Msg("agent state saved again")
+	d.since, d.failures = time.Time{}, 0
+	d.down.Store(false)
 }
 
 func errText(err error) string {

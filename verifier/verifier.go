@@ -107,6 +107,11 @@ type Verifier struct {
 	notifier *notifier
 	// flusherOn is set while the flusher runs (routine updates are then left to it).
 	flusherOn atomic.Bool
+	// writeTx runs a write transaction (db.Update, or db.Batch when coalesced); tests replace it to
+	// make the disk fail.
+	writeTx func(coalesce bool, fn func(*store.Tx) error) error
+	// storeDown tracks a failing disk: while writes fail, they are left to the flusher's retries.
+	storeDown storeDown
 	// resuming counts the agents resumed by start that have not had their first round; restoreGC,
 	// when set, puts the GC percent back (relaxGC).
 	resuming  atomic.Int64
@@ -165,6 +170,12 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	v := &Verifier{cfg: cfg, db: db, log: cfg.Log, agents: map[string]*agentState{}, agentTLS: transport.AgentClientBase(cfg.ClientCert), workers: newWorkers(), adding: map[string]bool{},
 		policies: map[policyKind]*policySet{}, compilers: defaultCompilers()}
+	v.writeTx = func(coalesce bool, fn func(*store.Tx) error) error {
+		if coalesce {
+			return db.Batch(fn)
+		}
+		return db.Update(fn)
+	}
 	for _, pcr := range mbPCRs {
 		v.mbMask |= 1 << pcr
 	}

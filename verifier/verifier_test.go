@@ -43,6 +43,13 @@ type testVerifier struct {
 // startVerifier serves a verifier on loopback until the test ends; opts adjust its configuration.
 func startVerifier(t *testing.T, opts ...func(*Config)) *testVerifier {
 	t.Helper()
+	return startPreparedVerifier(t, nil, opts...)
+}
+
+// startPreparedVerifier is startVerifier with prep (when not nil) called on the verifier before it
+// serves, e.g. to inject a fault.
+func startPreparedVerifier(t *testing.T, prep func(*Verifier), opts ...func(*Config)) *testVerifier {
+	t.Helper()
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "cv_ca")
 	if _, err := ca.Ensure(caDir, ca.DefaultSubject, nil); err != nil {
@@ -71,6 +78,9 @@ func startVerifier(t *testing.T, opts ...func(*Config)) *testVerifier {
 	v, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prep != nil {
+		prep(v)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
