@@ -310,11 +310,13 @@ func (v *Verifier) start(ctx context.Context) {
 // Resuming builds the whole live heap within a few seconds (every agent's connection, handshake and
 // first quote), and at GOGC=50 the collector runs again and again over the growing heap: a fifth of the
 // verifier's CPU then (profiled with 5,000 agents). The relaxed setting lasts until every resumed agent
-// had its first round (at most resumeGCLimit). With 5,000 agents on 2 cores it took the time until all
-// were polled again from 4.3-5.0 s to 2.5-3.7 s, and the peak RSS meanwhile from 350-370 MB to 400-460
-// MB (the steady state is about 180 MB); GOMEMLIMIT, when set, still bounds it.
+// had its first round (at most resumeGCLimit). With 5,000 agents on 2 cores, GOGC=250 took the time
+// until all were polled again from 4.3-5.0 s to 2.5-3.7 s, at a peak RSS of 400-460 MB instead of
+// 350-370 (the steady state is about 180 MB). Since the resume gate bounds the rounds in flight, 100
+// does as well as 250 (2.6-4.1 s against 2.6-4.0 s over 7 runs each, the machine noisy) at a peak of
+// 205-218 MB instead of 270-305; GOMEMLIMIT, when set, still bounds it.
 const (
-	restartGCPercent = 250
+	restartGCPercent = 100
 	resumeGCLimit    = 30 * time.Second
 )
 
