@@ -244,7 +244,11 @@ func createRuntime(c *ucli.Context) error {
 		note("%s", w)
 	}
 	if c.Bool("show-legacy-allowlist") {
-		out = p.Allowlist()
+		var skipped []string
+		out, skipped = p.Allowlist()
+		if len(skipped) > 0 {
+			note("--show-legacy-allowlist: %d paths or keyrings have no allowlist form (empty, with whitespace, or starting with %%keyring:) and are left out: %q", len(skipped), skipped)
+		}
 	} else {
 		out = append(out, '\n')
 	}

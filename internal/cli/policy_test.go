@@ -290,7 +290,8 @@ func TestPolicyEvaluateRuntimeRejects(t *testing.T) {
 		r.expect(t, 1, ima.EventTemplateHash)
 	})
 	t.Run("legacy allowlist as the policy", func(t *testing.T) {
-		allow := writeFile(t, filepath.Join(dir, "allowlist.txt"), base.Allowlist())
+		flat, _ := base.Allowlist()
+		allow := writeFile(t, filepath.Join(dir, "allowlist.txt"), flat)
 		r := run(t, nil, "policy", "evaluate", "runtime", "--ima-log", logFile, "--runtime-policy", allow, "--json")
 		r.expect(t, 0, "")
 		if !strings.Contains(r.stderr, "converted") {
@@ -445,6 +446,17 @@ func TestPolicyRuntimeAllowlistAndMerge(t *testing.T) {
 		r.expect(t, 0, "")
 		if !strings.Contains(r.stdout, d("a")+" /usr/bin/a") && !strings.Contains(r.stdout, d("a")+"  /usr/bin/a") {
 			t.Fatalf("allowlist output %q", r.stdout)
+		}
+	})
+	t.Run("legacy allowlist output leaves out names it cannot write", func(t *testing.T) {
+		odd := writeFile(t, filepath.Join(dir, "odd.json"), []byte(`{"hashes": {"/usr/bin/k": ["`+d("b")+`"], "/a b": ["`+d("c")+`"], "/tab\tx": ["`+d("e")+`"]}}`))
+		r := run(t, nil, "policy", "create", "runtime", "--allowlist", odd, "--show-legacy-allowlist")
+		r.expect(t, 0, "")
+		if want := d("c") + "  /a_b\n" + d("b") + "  /usr/bin/k\n"; r.stdout != want {
+			t.Errorf("allowlist output %q, want %q", r.stdout, want)
+		}
+		if !strings.Contains(r.stderr, "1 paths or keyrings have no allowlist form") || !strings.Contains(r.stderr, `"/tab\tx"`) {
+			t.Errorf("no note of the path left out: %q", r.stderr)
 		}
 	})
 

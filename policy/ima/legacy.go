@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"unicode"
 )
 
 // keyringPrefix marks a keyring entry in a flat allowlist ("<digest>  %keyring:.ima").
@@ -184,15 +185,24 @@ func ParseExcludeList(data []byte) ([]string, error) {
 // Allowlist writes the policy's digests as a flat allowlist (`keylime-policy
 // --show-legacy-allowlist`): "<digest>  <path>" lines, boot_aggregate first and then paths in
 // order, followed by "%keyring:<name>" lines for keyrings. Excludes, ima-buf entries, ignored
-// keyrings and verification keys have no allowlist form (see ExcludeList for the first).
-func (p *RuntimePolicy) Allowlist() []byte {
+// keyrings and verification keys have no allowlist form (see ExcludeList for the first). Spaces in
+// paths and keyring names are written as '_', which is how IMA's ASCII log and every allowlist reader
+// spell them (PolicyPath). Names that are empty or hold other whitespace (a newline, a tab), and
+// paths that start with "%keyring:", have no flat form: they are left out and returned in skipped,
+// so that what is written reads back as the digests it shows.
+func (p *RuntimePolicy) Allowlist() (out []byte, skipped []string) {
 	var b bytes.Buffer
 	write := func(m map[string][]string, prefix string, first string) {
 		names := make([]string, 0, len(m))
 		for n := range m {
-			if n != first {
-				names = append(names, n)
+			if n == first {
+				continue
 			}
+			if !flatName(n) || (prefix == "" && strings.HasPrefix(n, keyringPrefix)) {
+				skipped = append(skipped, prefix+n)
+				continue
+			}
+			names = append(names, n)
 		}
 		sort.Strings(names)
 		if _, ok := m[first]; ok && first != "" {
@@ -200,13 +210,20 @@ func (p *RuntimePolicy) Allowlist() []byte {
 		}
 		for _, n := range names {
 			for _, d := range m[n] {
-				fmt.Fprintf(&b, "%s  %s%s\n", d, prefix, n)
+				fmt.Fprintf(&b, "%s  %s%s\n", d, prefix, PolicyPath(n))
 			}
 		}
 	}
 	write(p.Digests, "", "boot_aggregate")
 	write(p.Keyrings, keyringPrefix, "")
-	return b.Bytes()
+	sort.Strings(skipped)
+	return b.Bytes(), skipped
+}
+
+// flatName reports whether a path or keyring name has a flat allowlist form: not empty, and no
+// whitespace but spaces.
+func flatName(n string) bool {
+	return n != "" && strings.IndexFunc(n, func(r rune) bool { return r != ' ' && unicode.IsSpace(r) }) < 0
 }
 
 // ExcludeList writes the policy's excludes one per line.

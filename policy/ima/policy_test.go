@@ -3,6 +3,7 @@ package ima
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -179,14 +180,18 @@ func TestParseAllowlist(t *testing.T) {
 		t.Fatalf("meta %+v", p.Meta)
 	}
 	// Back to an allowlist and again to a policy: the same policy.
-	back, err := ParseAllowlist(p.Allowlist())
+	written, skipped := p.Allowlist()
+	if skipped != nil {
+		t.Fatalf("left out of the allowlist: %q", skipped)
+	}
+	back, err := ParseAllowlist(written)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(p, back); diff != "" {
 		t.Fatal(diff)
 	}
-	if first := strings.SplitN(string(p.Allowlist()), "\n", 2)[0]; !strings.HasSuffix(first, "  boot_aggregate") {
+	if first := strings.SplitN(string(written), "\n", 2)[0]; !strings.HasSuffix(first, "  boot_aggregate") {
 		t.Fatalf("first line %q", first)
 	}
 	// Keylime's own short allowlist converts (its sha256: prefix is dropped) and validates.
@@ -264,5 +269,28 @@ func TestParseExcludeList(t *testing.T) {
 	}
 	if _, err := ParseExcludeList([]byte("/ok\n(?!x)\n")); !errors.Is(err, ErrBadExclude) || !strings.Contains(err.Error(), "line 2") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestAllowlistLeavesOutUnwritableNames: spaces are written as '_' (as IMA logs them); names the
+// flat form cannot carry are left out and reported instead of written as lines that read back wrong.
+func TestAllowlistLeavesOutUnwritableNames(t *testing.T) {
+	const d1, d2, d3, d4 = "1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222",
+		"3333333333333333333333333333333333333333", "4444444444444444444444444444444444444444"
+	p, err := ParseAllowlist([]byte(`{"hashes": {"/ok": ["` + d1 + `"], "/a b": ["` + d2 + `"], "": ["` + d3 +
+		`"], "/x\ty": ["` + d4 + `"], "%keyring:.ima": ["` + d4 + `"]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	written, skipped := p.Allowlist()
+	if want := []string{"", "%keyring:.ima", "/x\ty"}; !slices.Equal(skipped, want) {
+		t.Errorf("skipped %q, want %q", skipped, want)
+	}
+	back, err := ParseAllowlist(written)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, written)
+	}
+	if diff := cmp.Diff(map[string][]string{"/ok": {d1}, "/a_b": {d2}}, back.Digests); diff != "" {
+		t.Errorf("read back (-want +got):\n%s\nfrom\n%s", diff, written)
 	}
 }
