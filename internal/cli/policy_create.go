@@ -247,7 +247,7 @@ func createRuntime(c *ucli.Context) error {
 		var skipped []string
 		out, skipped = p.Allowlist()
 		if len(skipped) > 0 {
-			note("--show-legacy-allowlist: %d paths or keyrings have no allowlist form (empty, with whitespace, or starting with %%keyring:) and are left out: %q", len(skipped), skipped)
+			note("--show-legacy-allowlist: left out, having no allowlist form (empty, whitespace other than spaces, a path starting with %%keyring:): %q", skipped)
 		}
 	} else {
 		out = append(out, '\n')

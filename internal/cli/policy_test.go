@@ -455,7 +455,7 @@ func TestPolicyRuntimeAllowlistAndMerge(t *testing.T) {
 		if want := d("c") + "  /a_b\n" + d("b") + "  /usr/bin/k\n"; r.stdout != want {
 			t.Errorf("allowlist output %q, want %q", r.stdout, want)
 		}
-		if !strings.Contains(r.stderr, "1 paths or keyrings have no allowlist form") || !strings.Contains(r.stderr, `"/tab\tx"`) {
+		if !strings.Contains(r.stderr, "left out, having no allowlist form") || !strings.Contains(r.stderr, `"/tab\tx"`) {
 			t.Errorf("no note of the path left out: %q", r.stderr)
 		}
 	})
