@@ -99,12 +99,12 @@ type publicBlock struct {
 // decode decodes b as a TPMT_PUBLIC into blk.p.Public, reporting whether b is
 // exactly one TPMT_PUBLIC of a shape it knows. Buffers point into b.
 func (blk *publicBlock) decode(b []byte) bool {
-	r := pubReader{b: b}
+	r := reader{b: b}
 	pub := &blk.p.Public
 	pub.Type = tpm2.TPMAlgID(r.u16())
 	pub.NameAlg = tpm2.TPMAlgID(r.u16())
 	pub.ObjectAttributes = objectAttributes(r.u32())
-	pub.AuthPolicy.Buffer = r.tpm2b()
+	pub.AuthPolicy.Buffer = r.tpm2b(maxTPM2B)
 	var ok bool
 	switch pub.Type {
 	case tpm2.TPMAlgRSA:
@@ -118,7 +118,7 @@ func (blk *publicBlock) decode(b []byte) bool {
 		}
 		p.KeyBits = tpm2.TPMKeyBits(r.u16())
 		p.Exponent = r.u32()
-		blk.rsaID.Buffer = r.tpm2b()
+		blk.rsaID.Buffer = r.tpm2b(maxTPM2B)
 		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, p)
 		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &blk.rsaID)
 	case tpm2.TPMAlgECC:
@@ -135,20 +135,20 @@ func (blk *publicBlock) decode(b []byte) bool {
 		if p.KDF.Details, ok = blk.kdfScheme(&r, p.KDF.Scheme); !ok {
 			return false
 		}
-		blk.eccID.X.Buffer = r.tpm2b()
-		blk.eccID.Y.Buffer = r.tpm2b()
+		blk.eccID.X.Buffer = r.tpm2b(maxTPM2B)
+		blk.eccID.Y.Buffer = r.tpm2b(maxTPM2B)
 		pub.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, p)
 		pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &blk.eccID)
 	default:
 		return false
 	}
-	return !r.bad && len(r.b) == 0
+	return r.done() == nil
 }
 
 // asymScheme decodes the TPMU_ASYM_SCHEME selected by alg, as go-tpm does: NULL
 // selects nothing, every other member carries a hash (ECDAA also a count) except
 // RSAES, which is empty.
-func (blk *publicBlock) asymScheme(r *pubReader, alg tpm2.TPMAlgID) (tpm2.TPMUAsymScheme, bool) {
+func (blk *publicBlock) asymScheme(r *reader, alg tpm2.TPMAlgID) (tpm2.TPMUAsymScheme, bool) {
 	switch alg {
 	case tpm2.TPMAlgNull:
 		return tpm2.TPMUAsymScheme{}, true
@@ -182,7 +182,7 @@ func (blk *publicBlock) asymScheme(r *pubReader, alg tpm2.TPMAlgID) (tpm2.TPMUAs
 }
 
 // kdfScheme decodes the TPMU_KDF_SCHEME selected by alg: nothing for NULL, else a hash.
-func (blk *publicBlock) kdfScheme(r *pubReader, alg tpm2.TPMAlgID) (tpm2.TPMUKDFScheme, bool) {
+func (blk *publicBlock) kdfScheme(r *reader, alg tpm2.TPMAlgID) (tpm2.TPMUKDFScheme, bool) {
 	switch alg {
 	case tpm2.TPMAlgNull:
 		return tpm2.TPMUKDFScheme{}, true
@@ -279,48 +279,11 @@ var aesSymDetails = sync.OnceValues(func() (tpm2.TPMUSymDetails, error) {
 	return s.Details, nil
 })
 
-// pubReader reads big-endian TPM fields. A read past the end sets bad and yields
-// zero values.
-type pubReader struct {
-	b   []byte
-	bad bool
-}
-
-func (r *pubReader) u16() uint16 {
-	if len(r.b) < 2 {
-		r.bad = true
-		return 0
-	}
-	v := binary.BigEndian.Uint16(r.b)
-	r.b = r.b[2:]
-	return v
-}
-
-func (r *pubReader) u32() uint32 {
-	if len(r.b) < 4 {
-		r.bad = true
-		return 0
-	}
-	v := binary.BigEndian.Uint32(r.b)
-	r.b = r.b[4:]
-	return v
-}
-
-// tpm2b returns the buffer of a TPM2B, never nil (go-tpm decodes an empty TPM2B as
-// an empty, non-nil slice), with its capacity cut to its length.
-func (r *pubReader) tpm2b() []byte {
-	n := int(r.u16())
-	if r.bad || len(r.b) < n {
-		r.bad = true
-		return []byte{}
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
-}
+// maxTPM2B is the largest buffer a TPM2B's u16 size can give: tpm2b(maxTPM2B) bounds nothing.
+const maxTPM2B = 1<<16 - 1
 
 // symDefObject decodes a TPMT_SYM_DEF_OBJECT whose algorithm is NULL or AES.
-func (r *pubReader) symDefObject() (tpm2.TPMTSymDefObject, bool) {
+func (r *reader) symDefObject() (tpm2.TPMTSymDefObject, bool) {
 	alg := tpm2.TPMAlgID(r.u16())
 	switch alg {
 	case tpm2.TPMAlgNull:
