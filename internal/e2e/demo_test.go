@@ -30,7 +30,7 @@ var ansi = regexp.MustCompile("\x1b\\[[0-9;]*m")
 // and free ports, so it neither builds into the source tree nor collides with other tests.
 func TestDemoScript(t *testing.T) {
 	testbed.RequireSWTPM(t)
-	requireTools(t, demoTools...)
+	testbed.RequireTools(t, "tpm2-tools curl", demoTools...)
 	bin := keylimeBinary(t)
 	dir := t.TempDir()
 
@@ -92,25 +92,6 @@ func TestDemoScript(t *testing.T) {
 	if strings.Contains(caught, "measured_boot.") {
 		t.Errorf("the unknown program also failed measured boot:\n%s", caught)
 	}
-}
-
-// requireTools fails the test under CI=true when a program is missing from PATH, and skips it otherwise.
-func requireTools(t *testing.T, tools ...string) {
-	t.Helper()
-	var missing []string
-	for _, b := range tools {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("missing %s (apt-get install tpm2-tools curl)", strings.Join(missing, ", "))
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
 }
 
 // demoEnv is base without the settings that would change what the demo does (KEYLIME_*, DEMO_*, KEEP),

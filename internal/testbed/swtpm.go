@@ -74,8 +74,16 @@ func WithStartTimeout(d time.Duration) SWTPMOption {
 // environment variable CI is "true", where a missing swtpm must not hide tests.
 func RequireSWTPM(t testing.TB) {
 	t.Helper()
+	RequireTools(t, "swtpm swtpm-tools", swtpmBinaries...)
+}
+
+// RequireTools skips the test when a program is missing from PATH, or fails it when the environment
+// variable CI is "true", where a missing program must not hide tests; packages is the Debian
+// packages to install, for the message.
+func RequireTools(t testing.TB, packages string, tools ...string) {
+	t.Helper()
 	var missing []string
-	for _, b := range swtpmBinaries {
+	for _, b := range tools {
 		if _, err := exec.LookPath(b); err != nil {
 			missing = append(missing, b)
 		}
@@ -83,7 +91,7 @@ func RequireSWTPM(t testing.TB) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("swtpm not available (missing %s; apt-get install swtpm swtpm-tools)", strings.Join(missing, ", "))
+	msg := fmt.Sprintf("missing %s (apt-get install %s)", strings.Join(missing, ", "), packages)
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
 	}
